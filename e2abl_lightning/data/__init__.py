@@ -1,0 +1,1 @@
+"""Data: triggers, poisoning, dataset adapters and datamodules."""

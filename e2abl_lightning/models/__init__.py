@@ -1,0 +1,1 @@
+"""Models: backbones, the E2ABL module and the baselines."""

@@ -1,0 +1,12 @@
+"""Backbones with a named shallow layer. Each takes ``(input_shape, num_classes, ...)``."""
+
+from collections.abc import Callable
+
+from torch import nn
+
+from e2abl_lightning.models.backbones.timeseries import FCN, InceptionTime, ResNet1d
+
+#: What a model receives for ``backbone``: called with ``(input_shape, num_classes)``.
+BackboneFactory = Callable[[tuple[int, ...], int], nn.Module]
+
+__all__ = ["FCN", "BackboneFactory", "InceptionTime", "ResNet1d"]

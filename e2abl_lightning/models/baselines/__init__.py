@@ -1,0 +1,5 @@
+"""Baselines: the undefended model (and ABL)."""
+
+from e2abl_lightning.models.baselines.no_defense import NoDefense
+
+__all__ = ["NoDefense"]
