@@ -29,8 +29,7 @@ def check_poison_args(rate: float, target_label: int, mode: str, num_classes: in
         raise ValueError(f"attack_mode={mode!r} is unknown; choose one of {ATTACK_MODES}")
     if num_classes is not None and not 0 <= target_label < num_classes:
         raise ValueError(
-            f"target_label={target_label} is outside the {num_classes} classes; "
-            f"choose a label in 0..{num_classes - 1}"
+            f"target_label={target_label} is outside the {num_classes} classes; choose a label in 0..{num_classes - 1}"
         )
 
 

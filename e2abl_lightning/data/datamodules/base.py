@@ -177,13 +177,20 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
         self.trigger.setup(x_tr, y_tr, self.target_label, setup_gen, self.cache_dir())
         args = (self.trigger, self.attack_mode, self.target_label, k)
         train = PoisonedDataset.build(
-            x_tr, y_tr, self.poison_indices, *args, torch.Generator().manual_seed(self.poison_seed + 1),
+            x_tr,
+            y_tr,
+            self.poison_indices,
+            *args,
+            torch.Generator().manual_seed(self.poison_seed + 1),
             self.train_transform(),
         )
         if self.clean_oracle:
             keep = ~train.poisoned
             train = PoisonedDataset(
-                train.inputs[keep], train.targets[keep], train.original_targets[keep], train.poisoned[keep],
+                train.inputs[keep],
+                train.targets[keep],
+                train.original_targets[keep],
+                train.poisoned[keep],
                 train.transform,
             )
         self.train_set = train

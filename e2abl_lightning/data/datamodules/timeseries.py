@@ -45,8 +45,19 @@ class UCRDataModule(BackdoorDataModule):
         drop_last: bool = True,
     ) -> None:
         super().__init__(
-            trigger, poison_rate, target_label, attack_mode, exclude_target, poison_seed, val_fraction,
-            split_seed, clean_oracle, batch_size, eval_batch_size, num_workers, drop_last,
+            trigger,
+            poison_rate,
+            target_label,
+            attack_mode,
+            exclude_target,
+            poison_seed,
+            val_fraction,
+            split_seed,
+            clean_oracle,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            drop_last,
         )
         self.save_hyperparameters(ignore=["trigger"])
         self.dataset = dataset

@@ -198,9 +198,7 @@ def load_ucr(
         return splits_from_files(name, *files, source=f"bundled:{files[0].parent}")
     known = {n.lower(): n for n in archive_names()}
     if name.lower() not in known and name not in bundled_names():
-        raise ValueError(
-            f"dataset={name!r} is not a UCR/UEA dataset; bundled offline: {', '.join(bundled_names())}"
-        )
+        raise ValueError(f"dataset={name!r} is not a UCR/UEA dataset; bundled offline: {', '.join(bundled_names())}")
     if download:
         from tsai.data.external import get_UCR_data
 

@@ -53,8 +53,7 @@ class StaticPattern(Trigger):
         steps = max(self.min_steps, math.ceil(self.fraction * length))
         if steps > length:
             raise ValueError(
-                f"StaticPattern needs {steps} steps but the series has only {length}: "
-                "lower min_steps or fraction"
+                f"StaticPattern needs {steps} steps but the series has only {length}: lower min_steps or fraction"
             )
         return steps
 
@@ -98,8 +97,7 @@ class PowerlineNoise(Trigger):
         """Unit-peak waveform of ``length`` steps, ``[L]``."""
         if self.period > length:
             raise ValueError(
-                f"PowerlineNoise period={self.period} is longer than the series ({length} steps): "
-                "lower period"
+                f"PowerlineNoise period={self.period} is longer than the series ({length} steps): lower period"
             )
         t = torch.arange(length, dtype=torch.float32) * (2 * math.pi / self.period)
         wave = torch.sin(t) + self.harmonic * torch.sin(3 * t)

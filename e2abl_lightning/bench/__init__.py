@@ -1,0 +1,1 @@
+"""The benchmark runner (``e2abl-bench``)."""

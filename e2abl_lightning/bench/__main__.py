@@ -1,0 +1,3 @@
+from e2abl_lightning.bench.runner import main
+
+main()

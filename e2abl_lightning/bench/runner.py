@@ -1,0 +1,244 @@
+"""The benchmark runner: a grid of dataset x attack x defense x seed -> CSV, Markdown table, plot.
+
+Each cell goes through the same code path as ``e2abl fit`` and ``e2abl test`` (the same CLI parser,
+configs and callbacks); only the fit is timed. Finished cells are skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+METRICS = ("ca", "asr", "ra", "iso_precision", "iso_recall", "fit_seconds")
+
+
+@dataclass
+class Cell:
+    """One run: a data config (dataset + attack), a defense, a seed."""
+
+    data: Path
+    defense: str
+    model: Path
+    seed: int
+    max_epochs: int
+    trainer: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def setting(self) -> str:
+        return self.data.stem
+
+    @property
+    def name(self) -> str:
+        return f"{self.setting}__{self.defense}__seed{self.seed}"
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    for candidate in (p, CONFIG_ROOT / p):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(f"config {path!r} not found (looked in . and {CONFIG_ROOT})")
+
+
+def load_suite(suite: str, quick: bool = False) -> list[Cell]:
+    """Expand a suite YAML (a name under ``configs/suite/`` or a path) into cells."""
+    path = Path(suite)
+    if not path.is_file():
+        path = CONFIG_ROOT / "suite" / f"{suite}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIG_ROOT / "suite").glob("*.yaml"))
+        raise FileNotFoundError(f"suite {suite!r} not found; known suites: {known} (or give a YAML path)")
+    spec = yaml.safe_load(path.read_text())
+    for key in ("trainer", "datasets", "defenses"):
+        if key not in spec:
+            raise ValueError(f"suite {path} lacks the key {key!r}")
+    datasets, seeds = spec["datasets"], spec.get("seeds", [0])
+    defenses = dict(spec["defenses"])
+    epochs = int(spec.get("max_epochs", 40))
+    if quick:
+        datasets, seeds, epochs = datasets[:1], seeds[:1], int(spec.get("quick_epochs", 4))
+        defenses = {k: defenses[k] for k in list(defenses)[:1] + [k for k in defenses if k == "e2abl"][:1]}
+    return [
+        Cell(
+            _resolve(d),
+            name,
+            _resolve(spec_d["model"]),
+            int(seed),
+            epochs,
+            _resolve(spec["trainer"]),
+            list(spec_d.get("args", [])),
+        )
+        for d in datasets
+        for name, spec_d in defenses.items()
+        for seed in seeds
+    ]
+
+
+def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
+    """Fit and test one cell through the ``e2abl`` CLI machinery; returns its metrics."""
+    from e2abl_lightning.callbacks import BackdoorEvalCallback
+    from e2abl_lightning.cli import make_cli
+
+    cell_dir = out / "cells" / cell.name
+    args = [
+        "--config",
+        str(cell.trainer),
+        "--config",
+        str(cell.data),
+        "--config",
+        str(cell.model),
+        *cell.args,
+        f"--seed_everything={cell.seed}",
+        f"--data.init_args.poison_seed={cell.seed}",
+        f"--data.init_args.split_seed={cell.seed}",
+        f"--trainer.max_epochs={cell.max_epochs}",
+        f"--trainer.logger.init_args.save_dir={cell_dir}",
+        "--trainer.logger.init_args.name=logs",
+    ]
+    cli = make_cli(args, run=False)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    fit_seconds = time.perf_counter() - start
+    fitted = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, BackdoorEvalCallback))
+    res = evaluation.results
+    return {
+        "setting": cell.setting,
+        "defense": cell.defense,
+        "seed": cell.seed,
+        "epochs": cell.max_epochs,
+        "ca": res.get("test/clean_acc", math.nan),
+        "asr": res.get("test/asr", math.nan),
+        "ra": res.get("test/ra", math.nan),
+        "iso_precision": fitted.get("isolation/precision", math.nan),
+        "iso_recall": fitted.get("isolation/recall", math.nan),
+        "fit_seconds": fit_seconds,
+    }
+
+
+def _fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    mean = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def summarise(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: mean ± std over seeds, DER and time relative to the undefended cell."""
+    from e2abl_lightning.metrics import defense_effectiveness_rating
+
+    base = {(r["setting"], r["seed"]): r for r in rows if r["defense"] == "no_defense"}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["setting"], r["defense"]), []).append(r)
+    lines = [
+        "| setting | defense | seeds | CA % | ASR % | RA % | iso. precision | iso. recall | DER | fit s | time x |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (setting, defense), rs in groups.items():
+        der, ratio = [], []
+        for r in rs:
+            b = base.get((setting, r["seed"]))
+            if b is not None and defense != "no_defense":
+                der.append(defense_effectiveness_rating(b["ca"], b["asr"], r["ca"], r["asr"]))
+            if b is not None:
+                ratio.append(r["fit_seconds"] / b["fit_seconds"])
+        lines.append(
+            f"| {setting} | {defense} | {len(rs)} | {_fmt([r['ca'] for r in rs])} | {_fmt([r['asr'] for r in rs])} "
+            f"| {_fmt([r['ra'] for r in rs])} | {_fmt([r['iso_precision'] for r in rs], 1, 2)} "
+            f"| {_fmt([r['iso_recall'] for r in rs], 1, 2)} | {_fmt(der, 1, 3)} "
+            f"| {_fmt([r['fit_seconds'] for r in rs], 1, 1)} | {_fmt(ratio, 1, 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """CA vs ASR per defense (one marker per cell)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for defense in sorted({r["defense"] for r in rows}):
+        rs = [r for r in rows if r["defense"] == defense]
+        ax.scatter([100 * r["asr"] for r in rs], [100 * r["ca"] for r in rs], label=defense, alpha=0.8)
+    ax.set_xlabel("attack success rate (%)")
+    ax.set_ylabel("clean accuracy (%)")
+    ax.set_title("CA vs ASR (top left is best)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_suite(cells: list[Cell], out: Path) -> list[dict[str, Any]]:
+    """Run (or reuse) every cell, with a progress bar; writes results.csv/md and ca_vs_asr.png."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()
+    ) as progress:
+        task = progress.add_task("benchmark", total=len(cells))
+        for cell in cells:
+            done = out / "cells" / cell.name / "result.json"
+            progress.update(task, description=cell.name)
+            if done.is_file():
+                rows.append(json.loads(done.read_text()))
+            else:
+                row = run_cell(cell, out)
+                done.parent.mkdir(parents=True, exist_ok=True)
+                done.write_text(json.dumps(row, indent=1))
+                rows.append(row)
+                progress.console.print(
+                    f"{cell.name}: CA {100 * row['ca']:.1f}  ASR {100 * row['asr']:.1f}  fit {row['fit_seconds']:.0f}s"
+                )
+            progress.advance(task)
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    table = summarise(rows)
+    (out / "results.md").write_text(table + "\n")
+    plot(rows, out / "ca_vs_asr.png")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``e2abl-bench --suite NAME|PATH --out DIR [--quick]``."""
+    parser = argparse.ArgumentParser(prog="e2abl-bench", description=__doc__)
+    parser.add_argument("--suite", required=True, help="suite name under configs/suite/ or a YAML path")
+    parser.add_argument("--out", required=True, type=Path, help="results directory (finished cells are reused)")
+    parser.add_argument("--quick", action="store_true", help="two cells, a few epochs: a smoke run")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    cells = load_suite(args.suite, args.quick)
+    rows = run_suite(cells, args.out)
+    print(summarise(rows))
+    print(f"\nwritten: {args.out / 'results.csv'}, {args.out / 'results.md'}, {args.out / 'ca_vs_asr.png'}")
+
+
+if __name__ == "__main__":
+    main()

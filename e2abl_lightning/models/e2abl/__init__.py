@@ -1,0 +1,7 @@
+"""E2ABL: end-to-end anti-backdoor learning (arXiv 2401.03215)."""
+
+from e2abl_lightning.models.e2abl.lightning_model import E2ABL
+from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState
+from e2abl_lightning.models.e2abl.torch_model import ShallowHead, TwoHeadNet, TwoHeadOutput
+
+__all__ = ["E2ABL", "DecisionConfig", "IsolationState", "ShallowHead", "TwoHeadNet", "TwoHeadOutput"]

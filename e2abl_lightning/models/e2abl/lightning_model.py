@@ -1,0 +1,222 @@
+"""E2ABL as a LightningModule: isolate, unlearn and recover labels in one training run.
+
+Jiang, Ma, Erfani, Li, Bailey, "End-to-End Anti-Backdoor Learning on Images and Time Series",
+arXiv 2401.03215 (2024). The algorithm as implemented, and the ablation behind every default, is in
+``e2abl_lightning/models/e2abl/README.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from e2abl_lightning.models.backbones import BackboneFactory
+from e2abl_lightning.models.base import BackdoorClassifier
+from e2abl_lightning.models.e2abl.loss import lga, main_losses, shallow_losses, total_loss
+from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState
+from e2abl_lightning.models.e2abl.torch_model import TwoHeadNet
+
+
+class E2ABL(BackdoorClassifier):
+    """End-to-end anti-backdoor learning with a shallow "backdoor trap" head.
+
+    Each step runs both heads once. The shallow heads learn the given labels; backdoor triggers are
+    simple features, so they fit poisoned samples first and their loss on them falls fastest. After
+    ``warmup_epochs`` the lowest-scored ``isolation_ratio`` of the training set is flagged every
+    epoch, the flagged samples of the suspected target class are unlearned by the main head and, once
+    the main head is confident about their true class, trained on that recovered label. Inference
+    uses the main head only. The batch may carry oracle keys; they feed the ``isolation/*`` metrics
+    and never the algorithm.
+
+    Args:
+        backbone: callable ``(input_shape, num_classes) -> nn.Module`` with a ``shallow_layer``.
+        num_classes: number of classes (linked from the datamodule).
+        input_shape: one sample's shape (linked from the datamodule).
+        optimizer: optimiser callable.
+        scheduler: optional LR scheduler callable.
+        shallow_layer: submodule the shallow heads tap; None uses the backbone's ``shallow_layer``.
+        shallow_poolings: one shallow head per pooling; with several, each epoch uses the head whose
+            flagged set is most dominated by one given label.
+        shallow_hidden: channels of each shallow head's conv.
+        shallow_loss: ``"ce"`` per-sample cross-entropy, or ``"lga"`` (ABL's local gradient ascent).
+        lga_gamma: LGA threshold.
+        shallow_weight: weight of the shallow heads' loss in the total.
+        shallow_grad_to_stem: let the shallow loss train the shared stem (False: stop-gradient).
+        warmup_epochs: epochs before the first isolation decision.
+        isolation_ratio: share of the training set flagged each epoch.
+        score: ``"running_mean"`` of each sample's shallow loss across epochs, or this ``"epoch"``'s.
+        target_patience: consecutive epochs the flagged set's majority label must hold before it is
+            taken (and then kept) as the suspected target.
+        cleanse: ``"ascent"`` (bounded gradient ascent), ``"drop"`` (weight 0) or ``"none"``.
+        cleanse_scope: ``"suspected_target"`` (flagged samples given the suspected target label) or
+            ``"all_flagged"``.
+        ascent_ceiling: per-sample loss above which ascent stops.
+        ascent_weight: weight of the ascent term.
+        ascent_stop_grad: stop the unlearned samples' main-head gradient at the shallow layer.
+        recovery: train cleansed samples on their recovered label ``"confident"``-ly (when the
+            prediction EMA passes ``recovery_threshold``), ``"always"`` or ``"never"``.
+        recovery_threshold: confidence needed to train on a recovered label.
+        ema_momentum: momentum of the per-sample prediction EMA.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneFactory,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        shallow_layer: str | None = None,
+        shallow_poolings: tuple[Literal["max", "avg"], ...] = ("max", "avg"),
+        shallow_hidden: int = 64,
+        shallow_loss: Literal["ce", "lga"] = "ce",
+        lga_gamma: float = 0.5,
+        shallow_weight: float = 1.0,
+        shallow_grad_to_stem: bool = True,
+        warmup_epochs: int = 3,
+        isolation_ratio: float = 0.15,
+        score: Literal["running_mean", "epoch"] = "running_mean",
+        target_patience: int = 2,
+        cleanse: Literal["ascent", "drop", "none"] = "ascent",
+        cleanse_scope: Literal["suspected_target", "all_flagged"] = "suspected_target",
+        ascent_ceiling: float = 5.0,
+        ascent_weight: float = 1.0,
+        ascent_stop_grad: bool = False,
+        recovery: Literal["confident", "always", "never"] = "confident",
+        recovery_threshold: float = 0.9,
+        ema_momentum: float = 0.7,
+    ) -> None:
+        super().__init__(backbone, num_classes, input_shape, optimizer, scheduler)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        _check_choice("shallow_loss", shallow_loss, ("ce", "lga"))
+        _check_choice("score", score, ("running_mean", "epoch"))
+        _check_choice("cleanse", cleanse, ("ascent", "drop", "none"))
+        _check_choice("cleanse_scope", cleanse_scope, ("suspected_target", "all_flagged"))
+        _check_choice("recovery", recovery, ("confident", "always", "never"))
+        for p in shallow_poolings:
+            _check_choice("shallow_poolings", p, ("max", "avg"))
+        if not 0.0 < isolation_ratio < 1.0:
+            raise ValueError(f"isolation_ratio={isolation_ratio} must be in (0, 1), e.g. 0.15")
+        if warmup_epochs < 1:
+            raise ValueError(f"warmup_epochs={warmup_epochs} must be at least 1")
+        if target_patience < 1:
+            raise ValueError(f"target_patience={target_patience} must be at least 1")
+        if ascent_ceiling <= 0:
+            raise ValueError(f"ascent_ceiling={ascent_ceiling} must be positive")
+        if not 0.0 <= ema_momentum < 1.0:
+            raise ValueError(f"ema_momentum={ema_momentum} must be in [0, 1)")
+        if not 0.0 <= recovery_threshold <= 1.0:
+            raise ValueError(f"recovery_threshold={recovery_threshold} must be in [0, 1]")
+        self.net = TwoHeadNet(
+            self.backbone,
+            self.num_classes,
+            self.input_shape,
+            shallow_layer,
+            tuple(shallow_poolings),
+            shallow_hidden,
+            shallow_grad_to_stem,
+        )
+        del self.backbone  # registered once, inside the two-head net
+        self.shallow_loss = shallow_loss
+        self.lga_gamma = lga_gamma
+        self.shallow_weight = shallow_weight
+        self.cleanse = cleanse
+        self.ascent_ceiling = ascent_ceiling
+        self.ascent_weight = ascent_weight
+        self.ascent_stop_grad = ascent_stop_grad
+        self.recovery = recovery
+        self.decision = DecisionConfig(
+            warmup_epochs=warmup_epochs,
+            isolation_ratio=isolation_ratio,
+            score=score,
+            target_patience=target_patience,
+            cleanse_scope=cleanse_scope,
+            ema_momentum=ema_momentum,
+            recovery_threshold=recovery_threshold,
+        )
+        self.state = IsolationState(0, self.num_classes, len(shallow_poolings))
+
+    # ---- inference: the main head only -------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:  # [B, ...] -> [B, K]
+        return self.net.predict(x)
+
+    # ---- state bank sizing ------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        n = len(loader.dataset) if loader is not None else 0
+        if self.state.num_samples != n:
+            if int(self.state.epochs_decided) > 0:
+                raise ValueError(
+                    f"the checkpoint's state bank holds {self.state.num_samples} training samples but the "
+                    f"training set has {n}: resume with the dataset the checkpoint was trained on"
+                )
+            self.state.resize(n, self.num_classes, len(self.net.heads))
+            self.state.to(self.device)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.state.load_state_dict_sizes(checkpoint["state_dict"], "state.")
+
+    def on_train_epoch_start(self) -> None:
+        self.state.reset_accumulators()
+
+    # ---- one step -----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        x, y, index = batch["input"], batch["target"], batch["index"]
+        if int(index.max()) >= self.state.num_samples or int(index.min()) < 0:
+            raise ValueError(
+                f"batch index {int(index.max())} is outside the state bank of {self.state.num_samples} samples; "
+                "the training set must give dense indices 0..N-1 under the key 'index'"
+            )
+        cleanse = self.state.isolated[index] if self.cleanse != "none" else torch.zeros_like(y, dtype=torch.bool)
+        stop = cleanse if self.ascent_stop_grad else None
+        out = self.net(x, stop_grad_mask=stop)
+        per_shallow = shallow_losses(out.shallow, y)  # [H, B]
+        shallow_term = lga(per_shallow, self.lga_gamma) if self.shallow_loss == "lga" else per_shallow
+        recovered = self.state.recovered[index]
+        if self.recovery == "confident":
+            train_recovered = self.state.confident[index]
+        else:
+            train_recovered = torch.full_like(cleanse, self.recovery == "always")
+        per_main = main_losses(
+            out.main,
+            y,
+            cleanse,
+            recovered,
+            train_recovered,
+            "drop" if self.cleanse == "drop" else "ascent",
+            self.ascent_ceiling,
+            self.ascent_weight,
+        )  # [B]
+        loss = total_loss(per_main, shallow_term, self.shallow_weight)
+        self.state.accumulate(index, per_shallow.detach(), out.main.detach().softmax(dim=1), y)
+        if "poisoned" in batch and "original_target" in batch:
+            self.state.record_oracle(index, batch["poisoned"], batch["original_target"])
+        b = y.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=b)
+        self.log("train/loss_main", per_main.mean(), on_step=False, on_epoch=True, batch_size=b)
+        self.log("train/loss_shallow", per_shallow.mean(), on_step=False, on_epoch=True, batch_size=b)
+        return loss
+
+    # ---- the epoch's decision (at the last batch: before validation and checkpointing) ---------
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.trainer.is_last_batch or batch_idx + 1 >= self.trainer.num_training_batches:
+            self.end_of_epoch_decision()
+
+    def end_of_epoch_decision(self) -> None:
+        """Sync the accumulators across ranks, decide, log."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+            self.state.sync_(lambda t, op: dist.all_reduce(t, op=ops[op]))
+        logs = self.state.decide(self.current_epoch, self.decision)
+        logs.update(self.state.oracle_metrics())
+        for name, value in logs.items():
+            self.log(name, float(value), on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {allowed}")

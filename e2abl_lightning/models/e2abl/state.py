@@ -1,0 +1,219 @@
+"""Per-sample state bank of E2ABL: decided state in persistent buffers, epoch sums in the others.
+
+Under DDP every rank scatter-adds into its own accumulators, all-reduces them at the epoch end and
+takes the same deterministic decision (stable sort on score, then index), so no broadcast is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+#: ``all_reduce(tensor, op)`` in place, ``op`` in {"sum", "max"}.
+AllReduce = Callable[[Tensor, str], None]
+
+_PERSISTENT = {
+    "score_sum": ("h", "n"),
+    "score_epochs": ("n",),
+    "given": ("n",),
+    "pred_ema": ("n", "k"),
+    "flagged": ("n",),
+    "isolated": ("n",),
+    "recovered": ("n",),
+    "confident": ("n",),
+    "flag_count": ("n",),
+    "first_flagged": ("n",),
+}
+_ACCUMULATORS = {
+    "acc_loss": ("h", "n"),
+    "acc_count": ("n",),
+    "acc_prob": ("n", "k"),
+    "acc_given": ("n",),
+    "oracle_poisoned": ("n",),
+    "oracle_true": ("n",),
+}
+_DTYPES = {
+    "given": torch.long,
+    "flagged": torch.bool,
+    "isolated": torch.bool,
+    "recovered": torch.long,
+    "confident": torch.bool,
+    "flag_count": torch.long,
+    "first_flagged": torch.long,
+    "acc_given": torch.long,
+    "oracle_poisoned": torch.long,
+    "oracle_true": torch.long,
+}
+_FILL = {"given": -1, "recovered": -1, "first_flagged": -1, "acc_given": -1, "oracle_poisoned": -1, "oracle_true": -1}
+_SCALARS = ("suspected_target", "candidate_target", "candidate_streak", "head_choice", "epochs_decided")
+_SUM = ("acc_loss", "acc_count", "acc_prob")
+_MAX = ("acc_given", "oracle_poisoned", "oracle_true")
+
+
+@dataclass
+class DecisionConfig:
+    """The isolation rule's knobs (documented on the LightningModule)."""
+
+    warmup_epochs: int = 3
+    isolation_ratio: float = 0.15
+    score: str = "running_mean"
+    target_patience: int = 2
+    cleanse_scope: str = "suspected_target"
+    ema_momentum: float = 0.7
+    recovery_threshold: float = 0.9
+    fixed_head: int | None = None
+
+
+class IsolationState(nn.Module):
+    """Per-sample state for ``num_samples`` training samples, ``num_classes`` classes, ``num_heads`` heads."""
+
+    def __init__(self, num_samples: int = 0, num_classes: int = 2, num_heads: int = 1) -> None:
+        super().__init__()
+        for name in _SCALARS:
+            self.register_buffer(name, torch.tensor(-1 if name != "candidate_streak" else 0))
+        self.epochs_decided.fill_(0)
+        self.resize(num_samples, num_classes, num_heads)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.score_epochs.shape[0])
+
+    def resize(self, num_samples: int, num_classes: int, num_heads: int) -> None:
+        """(Re)allocate every per-sample buffer, clearing it."""
+        sizes = {"n": num_samples, "k": num_classes, "h": num_heads}
+        device = self.suspected_target.device
+        for table, persistent in ((_PERSISTENT, True), (_ACCUMULATORS, False)):
+            for name, dims in table.items():
+                dtype = _DTYPES.get(name, torch.float32)
+                value = torch.full([sizes[d] for d in dims], _FILL.get(name, 0), dtype=dtype, device=device)
+                self.register_buffer(name, value, persistent=persistent)
+
+    def load_state_dict_sizes(self, state_dict: dict[str, Tensor], prefix: str) -> None:
+        """Resize to the shapes stored in a checkpoint before it is loaded."""
+        key = prefix + "score_sum"
+        if key in state_dict:
+            h, n = state_dict[key].shape
+            self.resize(n, state_dict[prefix + "pred_ema"].shape[1], h)
+
+    # ---- during the epoch ---------------------------------------------------------------------
+    def reset_accumulators(self) -> None:
+        for name in _ACCUMULATORS:
+            getattr(self, name).fill_(_FILL.get(name, 0))
+
+    @torch.no_grad()
+    def accumulate(self, index: Tensor, shallow_loss: Tensor, probs: Tensor, given: Tensor) -> None:
+        """Add one batch: ``index`` ``[B]``, ``shallow_loss`` ``[H, B]``, ``probs`` ``[B, K]``, ``given`` ``[B]``."""
+        self.acc_loss.index_add_(1, index, shallow_loss.float())
+        self.acc_count.index_add_(0, index, torch.ones_like(index, dtype=torch.float32))
+        self.acc_prob.index_add_(0, index, probs.float())
+        self.acc_given.index_reduce_(0, index, given, "amax")
+
+    @torch.no_grad()
+    def record_oracle(self, index: Tensor, poisoned: Tensor, original_target: Tensor) -> None:
+        """Oracle keys, for isolation metrics only: the decision never reads them."""
+        self.oracle_poisoned.index_reduce_(0, index, poisoned.long(), "amax")
+        self.oracle_true.index_reduce_(0, index, original_target.long(), "amax")
+
+    def sync_(self, all_reduce: AllReduce) -> None:
+        """All-reduce the epoch accumulators across ranks (sum, or max for labels)."""
+        for name in _SUM:
+            all_reduce(getattr(self, name), "sum")
+        for name in _MAX:
+            all_reduce(getattr(self, name), "max")
+
+    # ---- at the epoch end -------------------------------------------------------------------------
+    def scores(self, mode: str) -> Tensor:
+        """Isolation score per head, ``[H, N]`` (lower = more suspicious; unseen samples +inf)."""
+        if mode == "epoch":
+            score = self.acc_loss / self.acc_count.clamp(min=1)
+            seen = self.acc_count > 0
+        else:
+            score = self.score_sum / self.score_epochs.clamp(min=1)
+            seen = self.score_epochs > 0
+        return torch.where(seen, score, torch.full_like(score, float("inf")))
+
+    @torch.no_grad()
+    def decide(self, epoch: int, cfg: DecisionConfig) -> dict[str, float]:
+        """Fold the epoch in and take the deterministic decision; returns values to log."""
+        seen = self.acc_count > 0  # [N]
+        mean_loss = self.acc_loss / self.acc_count.clamp(min=1)  # [H, N]
+        self.score_sum += torch.where(seen, mean_loss, torch.zeros_like(mean_loss))
+        first = seen & (self.score_epochs == 0)
+        self.score_epochs += seen.float()
+        self.given.copy_(torch.where(seen, self.acc_given, self.given))
+        probs = self.acc_prob / self.acc_count.clamp(min=1).unsqueeze(1)  # [N, K]
+        m = cfg.ema_momentum
+        ema = torch.where(first.unsqueeze(1), probs, m * self.pred_ema + (1 - m) * probs)
+        self.pred_ema.copy_(torch.where(seen.unsqueeze(1), ema, self.pred_ema))
+        if epoch + 1 < cfg.warmup_epochs:
+            return {}
+
+        score = self.scores(cfg.score)  # [H, N]
+        valid = self.given >= 0
+        k = int(round(cfg.isolation_ratio * int(valid.sum())))
+        shares, majors, flags = [], [], []
+        for h in range(score.shape[0]):
+            order = torch.sort(score[h], stable=True).indices[:k]  # ties -> lower index
+            flag = torch.zeros_like(self.flagged)
+            flag[order] = True
+            counts = torch.bincount(self.given[order].clamp(min=0), minlength=self.pred_ema.shape[1])
+            shares.append(float(counts.max()) / max(k, 1))
+            majors.append(int(counts.argmax()))
+            flags.append(flag)
+        head = cfg.fixed_head if cfg.fixed_head is not None else max(range(len(shares)), key=lambda i: (shares[i], -i))
+        self.head_choice.fill_(head)
+        self.flagged.copy_(flags[head])
+
+        major = majors[head]
+        if major == int(self.candidate_target):
+            self.candidate_streak += 1
+        else:
+            self.candidate_target.fill_(major)
+            self.candidate_streak.fill_(1)
+        if int(self.suspected_target) < 0 and int(self.candidate_streak) >= cfg.target_patience:
+            self.suspected_target.fill_(major)
+        target = int(self.suspected_target)
+
+        if cfg.cleanse_scope == "all_flagged":
+            self.isolated.copy_(self.flagged)
+        elif target >= 0:
+            self.isolated.copy_(self.flagged & (self.given == target))
+        else:
+            self.isolated.zero_()
+        self.flag_count += self.flagged.long()
+        self.first_flagged.copy_(torch.where(self.flagged & (self.first_flagged < 0), epoch, self.first_flagged))
+
+        excluded = self.pred_ema.clone()  # [N, K]
+        drop = torch.where(self.given >= 0, self.given, 0) if target < 0 else torch.full_like(self.given, target)
+        excluded.scatter_(1, drop.unsqueeze(1), -1.0)
+        best, label = excluded.max(dim=1)
+        self.recovered.copy_(torch.where(self.flagged, label, torch.full_like(label, -1)))
+        self.confident.copy_(self.isolated & (best >= cfg.recovery_threshold))
+        self.epochs_decided += 1
+        return {
+            "train/num_flagged": float(self.flagged.sum()),
+            "train/num_isolated": float(self.isolated.sum()),
+            "train/num_recovering": float(self.confident.sum()),
+            "train/suspected_target": float(target),
+            "train/candidate_target": float(major),
+            "train/shallow_head": float(head),
+            "train/flagged_label_share": shares[head],
+        }
+
+    def oracle_metrics(self) -> dict[str, float]:
+        """Isolation precision/recall and recovery accuracy from the oracle keys (metrics only)."""
+        if self.oracle_poisoned.numel() == 0 or int(self.oracle_poisoned.max()) < 0:
+            return {}
+        poisoned = self.oracle_poisoned > 0
+        out = {}
+        for name, chosen in (("", self.isolated), ("flagged_", self.flagged)):
+            hits = (chosen & poisoned).sum().float()
+            out[f"isolation/{name}precision"] = float(hits / chosen.sum().clamp(min=1))
+            out[f"isolation/{name}recall"] = float(hits / poisoned.sum().clamp(min=1))
+        found = self.flagged & poisoned
+        correct = (self.recovered == self.oracle_true) & found
+        out["isolation/recovery_acc"] = float(correct.sum() / found.sum().clamp(min=1))
+        return out

@@ -1,0 +1,147 @@
+"""The two-head network of E2ABL (Jiang et al., arXiv 2401.03215): no Lightning here.
+
+A forward hook on a named shallow layer of any backbone hands that layer's output to small shallow
+heads; the backbone runs unchanged, so tsai or torchvision models need no surgery.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+Pooling = Literal["max", "avg"]
+
+
+class TwoHeadOutput(NamedTuple):
+    """Logits of both heads."""
+
+    main: Tensor  # [B, K]
+    shallow: Tensor  # [H, B, K], one slice per shallow head
+
+
+class ShallowHead(nn.Module):
+    """Conv -> BN -> ReLU -> global pooling -> linear, for 1-d or 2-d feature maps.
+
+    Max pooling catches local triggers (patches, short patterns); average pooling catches global ones
+    (blends, sinusoids). See the method README.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, pooling: Pooling, hidden: int, spatial_dims: int) -> None:
+        super().__init__()
+        if pooling not in ("max", "avg"):
+            raise ValueError(f"pooling={pooling!r} must be 'max' or 'avg'")
+        if spatial_dims not in (1, 2):
+            raise ValueError(f"shallow features must be [B, C, L] or [B, C, H, W], got {spatial_dims} spatial dims")
+        conv = nn.Conv1d if spatial_dims == 1 else nn.Conv2d
+        norm = nn.BatchNorm1d if spatial_dims == 1 else nn.BatchNorm2d
+        pool = {
+            (1, "max"): nn.AdaptiveMaxPool1d,
+            (1, "avg"): nn.AdaptiveAvgPool1d,
+            (2, "max"): nn.AdaptiveMaxPool2d,
+            (2, "avg"): nn.AdaptiveAvgPool2d,
+        }[(spatial_dims, pooling)]
+        self.pooling = pooling
+        self.body = nn.Sequential(
+            conv(in_channels, hidden, 3, padding=1, bias=False), norm(hidden), nn.ReLU(), pool(1), nn.Flatten()
+        )
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, features: Tensor) -> Tensor:  # [B, C, *S] -> [B, K]
+        return self.fc(self.body(features))
+
+
+def resolve_layer(backbone: nn.Module, name: str | None) -> tuple[str, nn.Module]:
+    """Find the shallow layer by name (default: the backbone's ``shallow_layer`` attribute)."""
+    name = name or getattr(backbone, "shallow_layer", None)
+    if not name:
+        raise ValueError(
+            f"{type(backbone).__name__} has no `shallow_layer` attribute; pass shallow_layer=<submodule name>"
+        )
+    modules = dict(backbone.named_modules())
+    if name not in modules:
+        top = [n for n in modules if n and n.count(".") <= 1][:12]
+        raise ValueError(f"shallow_layer={name!r} is not a submodule of {type(backbone).__name__}; e.g. {top}")
+    return name, modules[name]
+
+
+class TwoHeadNet(nn.Module):
+    """Backbone (main head) plus shallow heads tapping ``shallow_layer``'s output.
+
+    Args:
+        backbone: any classifier ``[B, *input_shape] -> [B, K]``.
+        num_classes: number of classes.
+        input_shape: one sample's shape, used once to size the shallow heads.
+        shallow_layer: dotted submodule name; None uses ``backbone.shallow_layer``.
+        poolings: one shallow head per entry.
+        hidden: channels of each shallow head's conv.
+        grad_to_stem: let the shallow loss train the shared stem (else stop-gradient).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        shallow_layer: str | None = None,
+        poolings: tuple[Pooling, ...] = ("max", "avg"),
+        hidden: int = 64,
+        grad_to_stem: bool = True,
+    ) -> None:
+        super().__init__()
+        if not poolings:
+            raise ValueError("poolings must name at least one shallow head ('max' and/or 'avg')")
+        self.backbone = backbone
+        self.shallow_layer, layer = resolve_layer(backbone, shallow_layer)
+        self.grad_to_stem = grad_to_stem
+        self._features: Tensor | None = None
+        self._stop_mask: Tensor | None = None
+        self._capture = False
+        layer.register_forward_hook(self._hook)
+        features = self._probe(input_shape)
+        self.heads = nn.ModuleList(
+            ShallowHead(features.shape[1], num_classes, p, hidden, features.ndim - 2) for p in poolings
+        )
+
+    @torch.no_grad()
+    def _probe(self, input_shape: tuple[int, ...]) -> Tensor:
+        was_training = self.backbone.training
+        self.backbone.eval()
+        self._capture = True
+        try:
+            self.backbone(torch.zeros(2, *input_shape))
+            features = self._features
+        finally:
+            self._capture, self._features = False, None
+            self.backbone.train(was_training)
+        if not isinstance(features, Tensor):
+            raise ValueError(f"shallow_layer={self.shallow_layer!r} must output a tensor")
+        return features
+
+    def _hook(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+        if not self._capture:
+            return None
+        self._features = output
+        if self._stop_mask is not None:  # stop selected samples' deep gradients at the stem
+            mask = self._stop_mask.view(-1, *([1] * (output.ndim - 1)))
+            return torch.where(mask, output.detach(), output)
+        return None
+
+    def forward(self, x: Tensor, stop_grad_mask: Tensor | None = None) -> TwoHeadOutput:
+        """Both heads in one pass; ``stop_grad_mask`` ``[B]`` detaches those samples at the stem for the deep path."""
+        self._capture, self._stop_mask = True, stop_grad_mask
+        try:
+            main = self.backbone(x)  # [B, K]
+            features = self._features
+        finally:
+            self._capture, self._stop_mask, self._features = False, None, None
+        assert features is not None
+        if not self.grad_to_stem:
+            features = features.detach()
+        shallow = torch.stack([head(features) for head in self.heads])  # [H, B, K]
+        return TwoHeadOutput(main, shallow)
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Inference through the main head only, ``[B, K]``."""
+        return self.backbone(x)
