@@ -109,13 +109,13 @@ class IsolationState(nn.Module):
         self.acc_loss.index_add_(1, index, shallow_loss.float())
         self.acc_count.index_add_(0, index, torch.ones_like(index, dtype=torch.float32))
         self.acc_prob.index_add_(0, index, probs.float())
-        self.acc_given.index_reduce_(0, index, given, "amax")
+        self.acc_given.scatter_reduce_(0, index, given, "amax")
 
     @torch.no_grad()
     def record_oracle(self, index: Tensor, poisoned: Tensor, original_target: Tensor) -> None:
         """Oracle keys, for isolation metrics only: the decision never reads them."""
-        self.oracle_poisoned.index_reduce_(0, index, poisoned.long(), "amax")
-        self.oracle_true.index_reduce_(0, index, original_target.long(), "amax")
+        self.oracle_poisoned.scatter_reduce_(0, index, poisoned.long(), "amax")
+        self.oracle_true.scatter_reduce_(0, index, original_target.long(), "amax")
 
     def sync_(self, all_reduce: AllReduce) -> None:
         """All-reduce the epoch accumulators across ranks (sum, or max for labels)."""

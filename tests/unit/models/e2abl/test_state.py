@@ -1,0 +1,89 @@
+"""The state bank: deterministic decisions, identical under a simulated two-rank split, resizable."""
+
+import torch
+
+from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState
+
+N, K, H = 40, 3, 2
+
+
+def _epoch_data(epoch: int):
+    g = torch.Generator().manual_seed(epoch)
+    given = torch.arange(N) % K
+    poisoned = torch.arange(N) < 8
+    given = torch.where(poisoned, torch.zeros_like(given), given)
+    loss = torch.rand(H, N, generator=g) + 1.0  # [H, N]
+    loss[0, poisoned] = 0.05 * torch.rand(int(poisoned.sum()), generator=g)  # head 0 traps the poisons
+    probs = torch.softmax(torch.randn(N, K, generator=g), dim=1)
+    return given, loss, probs, poisoned
+
+
+def _feed(state: IsolationState, idx: torch.Tensor, epoch: int) -> None:
+    given, loss, probs, poisoned = _epoch_data(epoch)
+    state.accumulate(idx, loss[:, idx], probs[idx], given[idx])
+    state.record_oracle(idx, poisoned[idx], torch.arange(N)[idx] % K)
+
+
+def _run(split: bool, epochs: int = 6) -> list[IsolationState]:
+    cfg = DecisionConfig(warmup_epochs=2, isolation_ratio=0.2, target_patience=2)
+    ranks = [IsolationState(N, K, H) for _ in range(2 if split else 1)]
+    perm = torch.randperm(N, generator=torch.Generator().manual_seed(1))
+    for epoch in range(epochs):
+        for s in ranks:
+            s.reset_accumulators()
+        if split:
+            _feed(ranks[0], perm[: N // 2], epoch)
+            _feed(ranks[1], perm[N // 2 :], epoch)
+            # simulated all-reduce across the two ranks
+            for name, op in [(n, "sum") for n in ("acc_loss", "acc_count", "acc_prob")] + [
+                (n, "max") for n in ("acc_given", "oracle_poisoned", "oracle_true")
+            ]:
+                a, b = getattr(ranks[0], name), getattr(ranks[1], name)
+                merged = a + b if op == "sum" else torch.maximum(a, b)
+                a.copy_(merged)
+                b.copy_(merged)
+        else:
+            _feed(ranks[0], perm, epoch)
+        for s in ranks:
+            s.decide(epoch, cfg)
+    return ranks
+
+
+def test_decision_flags_trapped_samples_and_target():
+    (state,) = _run(split=False)
+    assert int(state.suspected_target) == 0
+    assert int(state.head_choice) == 0
+    assert state.flagged[:8].all()
+    assert state.isolated.sum() >= 8
+    metrics = state.oracle_metrics()
+    assert metrics["isolation/recall"] == 1.0
+    assert metrics["isolation/precision"] >= 0.8
+
+
+def test_two_simulated_ranks_decide_identically():
+    (single,) = _run(split=False)
+    a, b = _run(split=True)
+    for name in ("flagged", "isolated", "recovered", "confident", "given", "suspected_target", "head_choice"):
+        assert torch.equal(getattr(a, name), getattr(single, name)), name
+        assert torch.equal(getattr(b, name), getattr(single, name)), name
+    assert torch.allclose(a.score_sum, single.score_sum)
+
+
+def test_no_decision_during_warmup():
+    state = IsolationState(N, K, H)
+    _feed(state, torch.arange(N), 0)
+    assert state.decide(0, DecisionConfig(warmup_epochs=3)) == {}
+    assert not state.flagged.any()
+    assert int(state.suspected_target) == -1
+
+
+def test_resize_on_load():
+    (trained,) = _run(split=False)
+    fresh = IsolationState()
+    sd = {f"state.{k}": v for k, v in trained.state_dict().items()}
+    fresh.load_state_dict_sizes(sd, "state.")
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.num_samples == N
+    assert torch.equal(fresh.isolated, trained.isolated)
+    assert torch.equal(fresh.recovered, trained.recovered)
+    assert "acc_loss" not in trained.state_dict()  # epoch accumulators are not persistent
