@@ -1,0 +1,30 @@
+"""Shared test set-up: keep W&B off the network and out of the repository, keep CPU use small."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+_WANDB_DIRS = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_wandb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Point every W&B directory at a session tmp folder; W&B is disabled unless a test enables it."""
+    root = tmp_path_factory.mktemp("wandb")
+    saved = {key: os.environ.get(key) for key in (*_WANDB_DIRS, "WANDB_MODE")}
+    for key in _WANDB_DIRS:
+        folder = root / key.lower()
+        folder.mkdir()
+        os.environ[key] = str(folder)
+    os.environ["WANDB_MODE"] = "disabled"  # a test that needs W&B sets it with monkeypatch.setenv
+    torch.set_num_threads(2)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
