@@ -230,12 +230,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--suite", required=True, help="suite name under configs/suite/ or a YAML path")
     parser.add_argument("--out", required=True, type=Path, help="results directory (finished cells are reused)")
     parser.add_argument("--quick", action="store_true", help="two cells, a few epochs: a smoke run")
+    parser.add_argument("--shard", default="0/1", help="I/N: run only every N-th cell from the I-th (parallel runs)")
     args = parser.parse_args(argv)
+    try:
+        shard, shards = (int(v) for v in args.shard.split("/"))
+        assert 0 <= shard < shards
+    except (ValueError, AssertionError):
+        parser.error(f"--shard={args.shard!r} must be I/N with 0 <= I < N, e.g. 0/2")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     cells = load_suite(args.suite, args.quick)
-    rows = run_suite(cells, args.out)
+    rows = run_suite(cells[shard::shards], args.out)
     print(summarise(rows))
     print(f"\nwritten: {args.out / 'results.csv'}, {args.out / 'results.md'}, {args.out / 'ca_vs_asr.png'}")
 
