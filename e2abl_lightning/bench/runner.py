@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -108,7 +109,11 @@ def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
         f"--trainer.logger.init_args.save_dir={cell_dir}",
         "--trainer.logger.init_args.name=logs",
     ]
-    cli = make_cli(args, run=False)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI parses ``args`` only
+    try:
+        cli = make_cli(args, run=False)
+    finally:
+        sys.argv = argv
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     fit_seconds = time.perf_counter() - start
@@ -238,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, AssertionError):
         parser.error(f"--shard={args.shard!r} must be I/N with 0 <= I < N, e.g. 0/2")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     cells = load_suite(args.suite, args.quick)
