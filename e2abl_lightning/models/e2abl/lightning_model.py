@@ -72,7 +72,7 @@ class E2ABL(BackdoorClassifier):
         scheduler: LRSchedulerCallable | None = None,
         shallow_layer: str | None = None,
         shallow_poolings: tuple[Literal["max", "avg"], ...] = ("max", "avg"),
-        shallow_hidden: int = 64,
+        shallow_hidden: int = 32,
         shallow_loss: Literal["ce", "lga"] = "ce",
         lga_gamma: float = 0.5,
         shallow_weight: float = 1.0,
@@ -215,6 +215,41 @@ class E2ABL(BackdoorClassifier):
         logs.update(self.state.oracle_metrics())
         for name, value in logs.items():
             self.log(name, float(value), on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
+
+    # ---- after fit: every sample ever flagged, for review ---------------------------------------
+    def on_fit_end(self) -> None:
+        log_dir = self.trainer.log_dir  # a collective call: every rank
+        if self.trainer.is_global_zero and self.trainer.logger is not None and log_dir is not None:
+            self.write_suspects(f"{log_dir}/suspects.csv")
+
+    def write_suspects(self, path: str) -> None:
+        """Write one CSV row per training sample ever flagged (``flag_count > 0``), lowest score first.
+
+        Columns: ``index``, the dataset's ``ids`` when it has that attribute, ``score`` (running mean
+        of the chosen shallow head), ``given``, ``recovered``, ``epochs_flagged``, ``first_flagged``
+        (epoch), ``isolated`` (now). Reads the synced state bank only.
+        """
+        import csv
+        import os
+
+        s = self.state
+        head = max(int(s.head_choice), 0)
+        score = s.scores("running_mean")[head].cpu()  # [N]
+        index = torch.nonzero(s.flag_count.cpu() > 0).flatten()
+        index = index[torch.sort(score[index], stable=True).indices]
+        loader = self.trainer.train_dataloader if self._trainer is not None else None
+        ids = getattr(getattr(loader, "dataset", None), "ids", None)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            id_col = ["id"] if ids is not None else []
+            writer.writerow(
+                ["index", *id_col, "score", "given", "recovered", "epochs_flagged", "first_flagged", "isolated"]
+            )
+            for i in index.tolist():
+                ident = [ids[i]] if ids is not None else []
+                values = (s.given[i], s.recovered[i], s.flag_count[i], s.first_flagged[i])
+                writer.writerow([i, *ident, f"{float(score[i]):.6g}", *map(int, values), bool(s.isolated[i])])
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
