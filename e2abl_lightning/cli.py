@@ -2,22 +2,74 @@
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from typing import Any
 
-from e2abl_lightning.callbacks import BackdoorEvalCallback
+import yaml
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
+
+from e2abl_lightning.callbacks import BackdoorEvalCallback, IsolationMonitor, TriggerGallery
 from e2abl_lightning.data.datamodules import BackdoorDataModule
 from e2abl_lightning.models.base import BackdoorClassifier
 
 
 class E2ABLCLI(LightningCLI):
-    """LightningCLI with the evaluation callback and the datamodule -> model/callback links."""
+    """LightningCLI with the evaluation and media callbacks and the datamodule -> model/callback links."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(BackdoorEvalCallback, "eval")
+        parser.add_lightning_class_args(TriggerGallery, "gallery")
+        parser.add_lightning_class_args(IsolationMonitor, "isolation_monitor")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "eval.num_classes", apply_on="instantiate")
         parser.link_arguments("data.init_args.target_label", "eval.target_label")
+        # a rich progress bar (CA/ASR in it) unless the config sets trainer.callbacks or disables the bar
+        parser.set_defaults({"trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.RichProgressBar"}]})
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        trainer = config.get("trainer")
+        if trainer is not None and trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
+            bars = ("RichProgressBar", "TQDMProgressBar")  # the default bar must not clash with a disabled bar
+            trainer.callbacks = [c for c in trainer.callbacks if _class_name(c) not in bars]
+        _name_wandb_loggers(config)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        loggers = self.trainer.loggers if getattr(self, "trainer", None) is not None else []
+        if any(isinstance(logger, WandbLogger) for logger in loggers):
+            config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+            full = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False, skip_check=True))
+            for logger in loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.log_hyperparams({"cli": full})  # the whole parsed config, under config.cli
+
+
+def _class_name(entry: Any) -> str:
+    path = entry.get("class_path", "") if hasattr(entry, "get") else ""
+    return str(path).rsplit(".", 1)[-1]
+
+
+def _name_wandb_loggers(config: Any) -> None:
+    """Give each WandbLogger without a run name ``<Model>-<dataset>-<Trigger>``, and those three as tags."""
+    trainer = config.get("trainer")
+    loggers = trainer.get("logger") if trainer is not None else None
+    entries = loggers if isinstance(loggers, list) else [loggers]
+    entries = [e for e in entries if _class_name(e) == "WandbLogger"]
+    if not entries:
+        return
+    data_args = config.get("data.init_args") or {}
+    dataset = data_args.get("dataset") or _class_name(config.get("data") or {}).removesuffix("DataModule")
+    parts = [_class_name(config.get("model") or {}), str(dataset or ""), _class_name(data_args.get("trigger") or {})]
+    parts = [p for p in parts if p]
+    for entry in entries:
+        args = entry.get("init_args")
+        if args is None:
+            continue
+        if not args.get("name") or args.get("name") == "lightning_logs":  # CSVLogger's default, carried over
+            args.name = "-".join(parts) or None
+        args.tags = list(dict.fromkeys([*(args.get("tags") or []), *parts]))
 
 
 def make_cli(args: ArgsType = None, run: bool = True) -> E2ABLCLI:
