@@ -1,5 +1,6 @@
-"""Baselines: the undefended model (and ABL)."""
+"""Baselines: the undefended model and ABL."""
 
+from e2abl_lightning.models.baselines.abl import ABL
 from e2abl_lightning.models.baselines.no_defense import NoDefense
 
-__all__ = ["NoDefense"]
+__all__ = ["ABL", "NoDefense"]
