@@ -61,6 +61,9 @@ class E2ABL(BackdoorClassifier):
             prediction EMA passes ``recovery_threshold``), ``"always"`` or ``"never"``.
         recovery_threshold: confidence needed to train on a recovered label.
         ema_momentum: momentum of the per-sample prediction EMA.
+        split_min_gap: the cleansed samples are split at the widest gap of their log-score when it is
+            at least this wide: those below it (confidently trapped) are unlearned by ascent, the
+            others only left out of the main loss (0 or less: ascend on all).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class E2ABL(BackdoorClassifier):
         recovery: Literal["confident", "always", "never"] = "confident",
         recovery_threshold: float = 0.9,
         ema_momentum: float = 0.7,
+        split_min_gap: float = 1.0,
     ) -> None:
         super().__init__(backbone, num_classes, input_shape, optimizer, scheduler)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
@@ -137,6 +141,7 @@ class E2ABL(BackdoorClassifier):
             cleanse_scope=cleanse_scope,
             ema_momentum=ema_momentum,
             recovery_threshold=recovery_threshold,
+            split_min_gap=split_min_gap,
         )
         self.state = IsolationState(0, self.num_classes, len(shallow_poolings))
 
@@ -177,19 +182,13 @@ class E2ABL(BackdoorClassifier):
         per_shallow = shallow_losses(out.shallow, y)  # [H, B]
         shallow_term = lga(per_shallow, self.lga_gamma) if self.shallow_loss == "lga" else per_shallow
         recovered = self.state.recovered[index]
+        ascend = cleanse & self.state.ascend[index] if self.cleanse == "ascent" else torch.zeros_like(cleanse)
         if self.recovery == "confident":
             train_recovered = self.state.confident[index]
         else:
-            train_recovered = torch.full_like(cleanse, self.recovery == "always")
+            train_recovered = ascend & (self.recovery == "always")
         per_main = main_losses(
-            out.main,
-            y,
-            cleanse,
-            recovered,
-            train_recovered,
-            "drop" if self.cleanse == "drop" else "ascent",
-            self.ascent_ceiling,
-            self.ascent_weight,
+            out.main, y, cleanse, ascend, recovered, train_recovered, self.ascent_ceiling, self.ascent_weight
         )  # [B]
         loss = total_loss(per_main, shallow_term, self.shallow_weight)
         self.state.accumulate(index, per_shallow.detach(), out.main.detach().softmax(dim=1), y)

@@ -22,33 +22,31 @@ def main_losses(
     logits: Tensor,
     targets: Tensor,
     cleanse: Tensor,
+    ascend: Tensor,
     recovered: Tensor,
     train_recovered: Tensor,
-    mode: str = "ascent",
     ascent_ceiling: float = 5.0,
     ascent_weight: float = 1.0,
 ) -> Tensor:
     """Per-sample main-head loss, ``[B]``.
 
     * trusted samples: cross-entropy on the given label (descend);
-    * cleansed samples (``cleanse``): ``mode="ascent"``: bounded ascent ``-min(CE, ceiling)`` (no
-      gradient once the loss passes the ceiling); ``mode="drop"``: weight 0;
+    * cleansed samples (``cleanse``): bounded ascent ``-min(CE, ceiling)`` where ``ascend`` (no
+      gradient once the loss passes the ceiling), weight 0 otherwise;
     * cleansed samples with ``train_recovered``: plus cross-entropy on the recovered label.
 
     Args:
         logits: main-head logits, ``[B, K]``.
         targets: given labels, ``[B]``.
-        cleanse: samples to unlearn, bool ``[B]``.
+        cleanse: samples removed from normal training, bool ``[B]``.
+        ascend: cleansed samples unlearned by gradient ascent, bool ``[B]``.
         recovered: recovered labels (-1 for none), ``[B]``.
         train_recovered: samples trained on their recovered label, bool ``[B]``.
-        mode: ``"ascent"`` or ``"drop"``.
         ascent_ceiling: loss above which ascent stops.
         ascent_weight: weight of the ascent term.
     """
-    if mode not in ("ascent", "drop"):
-        raise ValueError(f"mode={mode!r} must be 'ascent' or 'drop'")
     ce = F.cross_entropy(logits, targets, reduction="none")  # [B]
-    unlearn = -ascent_weight * ce.clamp(max=ascent_ceiling) if mode == "ascent" else torch.zeros_like(ce)
+    unlearn = torch.where(ascend, -ascent_weight * ce.clamp(max=ascent_ceiling), torch.zeros_like(ce))
     loss = torch.where(cleanse, unlearn, ce)
     train_recovered = train_recovered & cleanse & (recovered >= 0)
     recover_ce = F.cross_entropy(logits, recovered.clamp(min=0), reduction="none")  # [B]

@@ -22,6 +22,7 @@ _PERSISTENT = {
     "pred_ema": ("n", "k"),
     "flagged": ("n",),
     "isolated": ("n",),
+    "ascend": ("n",),
     "recovered": ("n",),
     "confident": ("n",),
     "flag_count": ("n",),
@@ -39,6 +40,7 @@ _DTYPES = {
     "given": torch.long,
     "flagged": torch.bool,
     "isolated": torch.bool,
+    "ascend": torch.bool,
     "recovered": torch.long,
     "confident": torch.bool,
     "flag_count": torch.long,
@@ -64,6 +66,7 @@ class DecisionConfig:
     cleanse_scope: str = "suspected_target"
     ema_momentum: float = 0.7
     recovery_threshold: float = 0.9
+    split_min_gap: float = 1.0
     fixed_head: int | None = None
 
 
@@ -183,6 +186,7 @@ class IsolationState(nn.Module):
             self.isolated.copy_(self.flagged & (self.given == target))
         else:
             self.isolated.zero_()
+        self.ascend.copy_(self.isolated & split_by_gap(score[head], self.isolated, cfg.split_min_gap))
         self.flag_count += self.flagged.long()
         self.first_flagged.copy_(torch.where(self.flagged & (self.first_flagged < 0), epoch, self.first_flagged))
 
@@ -191,11 +195,12 @@ class IsolationState(nn.Module):
         excluded.scatter_(1, drop.unsqueeze(1), -1.0)
         best, label = excluded.max(dim=1)
         self.recovered.copy_(torch.where(self.flagged, label, torch.full_like(label, -1)))
-        self.confident.copy_(self.isolated & (best >= cfg.recovery_threshold))
+        self.confident.copy_(self.ascend & (best >= cfg.recovery_threshold))
         self.epochs_decided += 1
         return {
             "train/num_flagged": float(self.flagged.sum()),
             "train/num_isolated": float(self.isolated.sum()),
+            "train/num_ascending": float(self.ascend.sum()),
             "train/num_recovering": float(self.confident.sum()),
             "train/suspected_target": float(target),
             "train/candidate_target": float(major),
@@ -217,3 +222,23 @@ class IsolationState(nn.Module):
         correct = (self.recovered == self.oracle_true) & found
         out["isolation/recovery_acc"] = float(correct.sum() / found.sum().clamp(min=1))
         return out
+
+
+def split_by_gap(score: Tensor, members: Tensor, min_gap: float) -> Tensor:
+    """Mask of the ``members`` below the widest gap in log-score, if that gap is at least ``min_gap``.
+
+    Trapped poisons sit orders of magnitude below the easiest clean samples of their class (their
+    shallow loss is near zero), so the widest multiplicative gap separates the confidently trapped
+    samples from ambiguous ones. Without such a gap (or with ``min_gap <= 0``) every member counts
+    as trapped. Returns a bool ``[N]`` mask.
+    """
+    out = members.clone()
+    if min_gap <= 0 or int(members.sum()) < 2:
+        return out
+    values = torch.log(score[members].clamp(min=1e-12)).sort().values  # [M]
+    gaps = values[1:] - values[:-1]  # [M - 1]
+    widest = int(torch.argmax(gaps))
+    if float(gaps[widest]) < min_gap:
+        return out
+    cut = (values[widest] + values[widest + 1]) / 2
+    return members & (torch.log(score.clamp(min=1e-12)) < cut)

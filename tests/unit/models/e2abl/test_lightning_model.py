@@ -35,7 +35,9 @@ class _Blind(Dataset):
 class BlindUCR(UCRDataModule):
     def train_dataloader(self):
         loader = super().train_dataloader()
-        return DataLoader(_Blind(loader.dataset), batch_size=loader.batch_size, shuffle=True, drop_last=loader.drop_last)
+        return DataLoader(
+            _Blind(loader.dataset), batch_size=loader.batch_size, shuffle=True, drop_last=loader.drop_last
+        )
 
 
 def _fit(datamodule_cls, epochs=4, **kwargs):
@@ -43,8 +45,15 @@ def _fit(datamodule_cls, epochs=4, **kwargs):
     dm = datamodule_cls("GunPoint", StaticPattern(), poison_rate=0.2, batch_size=8, val_fraction=0.1)
     model = E2ABL(SMALL_FCN, dm.num_classes, dm.input_shape, warmup_epochs=2, target_patience=1, **kwargs)
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, deterministic=True,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=True,
     )
     trainer.fit(model, dm)
     return model, trainer, dm
@@ -84,8 +93,11 @@ def test_inference_uses_main_head_only():
 def test_user_module_with_named_shallow_layer():
     def factory(input_shape, num_classes):
         return torch.nn.Sequential(
-            torch.nn.Conv1d(input_shape[0], 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool1d(1),
-            torch.nn.Flatten(), torch.nn.Linear(8, num_classes),
+            torch.nn.Conv1d(input_shape[0], 8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool1d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8, num_classes),
         )
 
     model = E2ABL(factory, 3, (2, 32), shallow_layer="1")

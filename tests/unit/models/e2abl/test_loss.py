@@ -2,7 +2,6 @@
 
 import math
 
-import pytest
 import torch
 
 from e2abl_lightning.models.e2abl.loss import lga, main_losses, shallow_losses, total_loss
@@ -32,7 +31,7 @@ def test_main_losses_descend_ascend_recover():
     cleanse = torch.tensor([False, True, True, True])
     recovered = torch.tensor([-1, 2, 1, -1])
     train_rec = torch.tensor([False, False, True, False])
-    out = main_losses(logits, targets, cleanse, recovered, train_rec, "ascent", ascent_ceiling=5.0)
+    out = main_losses(logits, targets, cleanse, cleanse, recovered, train_rec, ascent_ceiling=5.0)
     ce1 = _ce([1, 0, 0], 0)
     expected = [
         _ce([2, 0, 0], 0),  # trusted: descend
@@ -45,23 +44,19 @@ def test_main_losses_descend_ascend_recover():
 
 def test_ascent_stops_at_ceiling():
     logits = torch.tensor([[-10.0, 0.0]], requires_grad=True)
-    out = main_losses(logits, torch.tensor([0]), torch.tensor([True]), torch.tensor([-1]), torch.tensor([False]))
+    yes = torch.tensor([True])
+    out = main_losses(logits, torch.tensor([0]), yes, yes, torch.tensor([-1]), torch.tensor([False]))
     out.sum().backward()
     assert torch.count_nonzero(logits.grad) == 0
 
 
-def test_drop_mode_zero_weight_and_total():
-    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    out = main_losses(
-        logits, torch.tensor([0, 0]), torch.tensor([False, True]), torch.tensor([-1, -1]),
-        torch.tensor([False, False]), "drop",
-    )
+def test_cleansed_without_ascent_has_zero_weight_and_total():
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    cleanse = torch.tensor([False, True])
+    none = torch.tensor([False, False])
+    out = main_losses(logits, torch.tensor([0, 0]), cleanse, none, torch.tensor([-1, -1]), none)
     assert out[1] == 0
+    out[1].backward()
+    assert torch.count_nonzero(logits.grad) == 0
     shallow = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
     assert torch.isclose(total_loss(out, shallow, 0.5), out.mean() + 0.5 * (2.0 + 2.0))
-
-
-def test_bad_mode():
-    with pytest.raises(ValueError, match="mode"):
-        main_losses(torch.zeros(1, 2), torch.tensor([0]), torch.tensor([False]), torch.tensor([-1]),
-                    torch.tensor([False]), "teleport")

@@ -2,7 +2,7 @@
 
 import torch
 
-from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState
+from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState, split_by_gap
 
 N, K, H = 40, 3, 2
 
@@ -87,3 +87,13 @@ def test_resize_on_load():
     assert torch.equal(fresh.isolated, trained.isolated)
     assert torch.equal(fresh.recovered, trained.recovered)
     assert "acc_loss" not in trained.state_dict()  # epoch accumulators are not persistent
+
+
+def test_split_by_gap_separates_trapped_from_ambiguous():
+    score = torch.tensor([0.002, 0.01, 0.03, 0.5, 0.6, 0.9, 0.001])
+    members = torch.tensor([True, True, True, True, True, False, False])
+    ascend = split_by_gap(score, members, min_gap=1.0)
+    assert ascend.tolist() == [True, True, True, False, False, False, False]
+    # no gap as wide as min_gap: every member is ascended
+    assert torch.equal(split_by_gap(score, members, min_gap=5.0), members)
+    assert torch.equal(split_by_gap(score, members, min_gap=0.0), members)
