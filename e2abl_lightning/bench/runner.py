@@ -108,6 +108,8 @@ def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
         f"--trainer.max_epochs={cell.max_epochs}",
         f"--trainer.logger.init_args.save_dir={cell_dir}",
         "--trainer.logger.init_args.name=logs",
+        "--gallery.enabled=false",  # media off: cells are timed
+        "--isolation_monitor.enabled=false",
     ]
     argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI parses ``args`` only
     try:

@@ -42,7 +42,12 @@ class BackdoorEvalCallback(L.Callback):
     @rank_zero_only
     def _write_manifest(self, trainer: L.Trainer) -> None:
         datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "manifest") or trainer.logger is None or trainer.log_dir is None:
+        if (
+            datamodule is None
+            or not hasattr(datamodule, "manifest")
+            or trainer.logger is None
+            or trainer.log_dir is None
+        ):
             return
         path = Path(trainer.log_dir) / "poison_manifest.json"
         path.parent.mkdir(parents=True, exist_ok=True)
