@@ -266,3 +266,16 @@ def test_fixed_triggers_are_vectorised(name: str) -> None:
     start = time.perf_counter()
     trigger.apply(x, gen())
     assert time.perf_counter() - start < 2.0  # 50,000 CIFAR images take seconds
+
+
+def test_gallery_writes_one_png(tmp_path: Path) -> None:
+    from e2abl_lightning.data.datasets.images import ImageSplits
+    from e2abl_lightning.data.gallery import poisoned_examples, write_gallery
+
+    x, y = images(n=20), labels(20)
+    data = ImageSplits(x, y, x, y, [str(i) for i in range(NUM_CLASSES)], "generated")
+    rows = poisoned_examples(data, {"BadNets": BadNets(), "SIG": SIG(), "WaNet": WaNet()})
+    assert [name for name, _, _ in rows] == ["BadNets", "SIG", "WaNet"]
+    assert int(torch.nonzero((x == rows[1][1]).flatten(1).all(1)).flatten()[0]) % NUM_CLASSES == 0  # SIG: target image
+    out = write_gallery(rows, tmp_path / "g.png", "generated")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
