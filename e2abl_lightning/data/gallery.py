@@ -123,7 +123,7 @@ def write_gallery(rows: Sequence[tuple[str, Tensor, Tensor]], out: Path, title: 
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / len(rows)))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
