@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,15 @@ from e2abl_lightning.data.datamodules.base import RawData
 from e2abl_lightning.data.datasets.images import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES
 from e2abl_lightning.data.poison import ORACLE_KEYS
 from e2abl_lightning.data.triggers import SIG, BadNets, WaNet
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Small tensors: one thread avoids OpenMP spin-waits on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def fake_raw(num_classes: int, n_train: int = 200, n_test: int = 80, channels: int = 3, size: int = 32) -> RawData:
