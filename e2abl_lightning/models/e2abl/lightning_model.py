@@ -64,6 +64,9 @@ class E2ABL(BackdoorClassifier):
         split_min_gap: the cleansed samples are split at the widest gap of their log-score when it is
             at least this wide: those below it (confidently trapped) are unlearned by ascent, the
             others only left out of the main loss (0 or less: ascend on all).
+        head_selection: with several shallow heads, use each epoch the one whose flagged set sits
+            furthest below the median log-score (``"separation"``) or is most dominated by one given
+            label (``"label_share"``).
     """
 
     def __init__(
@@ -79,7 +82,7 @@ class E2ABL(BackdoorClassifier):
         shallow_loss: Literal["ce", "lga"] = "ce",
         lga_gamma: float = 0.5,
         shallow_weight: float = 1.0,
-        shallow_grad_to_stem: bool = True,
+        shallow_grad_to_stem: bool = False,
         warmup_epochs: int = 3,
         isolation_ratio: float = 0.15,
         score: Literal["running_mean", "epoch"] = "running_mean",
@@ -93,6 +96,7 @@ class E2ABL(BackdoorClassifier):
         recovery_threshold: float = 0.9,
         ema_momentum: float = 0.7,
         split_min_gap: float = 1.0,
+        head_selection: Literal["separation", "label_share"] = "separation",
     ) -> None:
         super().__init__(backbone, num_classes, input_shape, optimizer, scheduler)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
@@ -101,6 +105,7 @@ class E2ABL(BackdoorClassifier):
         _check_choice("cleanse", cleanse, ("ascent", "drop", "none"))
         _check_choice("cleanse_scope", cleanse_scope, ("suspected_target", "all_flagged"))
         _check_choice("recovery", recovery, ("confident", "always", "never"))
+        _check_choice("head_selection", head_selection, ("separation", "label_share"))
         for p in shallow_poolings:
             _check_choice("shallow_poolings", p, ("max", "avg"))
         if not 0.0 < isolation_ratio < 1.0:
@@ -142,6 +147,7 @@ class E2ABL(BackdoorClassifier):
             ema_momentum=ema_momentum,
             recovery_threshold=recovery_threshold,
             split_min_gap=split_min_gap,
+            head_selection=head_selection,
         )
         self.state = IsolationState(0, self.num_classes, len(shallow_poolings))
 

@@ -67,6 +67,7 @@ class DecisionConfig:
     ema_momentum: float = 0.7
     recovery_threshold: float = 0.9
     split_min_gap: float = 1.0
+    head_selection: str = "separation"
     fixed_head: int | None = None
 
 
@@ -157,7 +158,8 @@ class IsolationState(nn.Module):
         score = self.scores(cfg.score)  # [H, N]
         valid = self.given >= 0
         k = int(round(cfg.isolation_ratio * int(valid.sum())))
-        shares, majors, flags = [], [], []
+        shares, majors, flags, separations = [], [], [], []
+        log_score = torch.log(score.clamp(min=1e-12))  # [H, N]
         for h in range(score.shape[0]):
             order = torch.sort(score[h], stable=True).indices[:k]  # ties -> lower index
             flag = torch.zeros_like(self.flagged)
@@ -166,7 +168,12 @@ class IsolationState(nn.Module):
             shares.append(float(counts.max()) / max(k, 1))
             majors.append(int(counts.argmax()))
             flags.append(flag)
-        head = cfg.fixed_head if cfg.fixed_head is not None else max(range(len(shares)), key=lambda i: (shares[i], -i))
+            # how far below the typical sample the flagged set sits: a trap fits its catch near-perfectly
+            separations.append(float(log_score[h][valid].median() - log_score[h][order].mean()))
+        criterion = separations if cfg.head_selection == "separation" else shares
+        head = (
+            cfg.fixed_head if cfg.fixed_head is not None else max(range(len(shares)), key=lambda i: (criterion[i], -i))
+        )
         self.head_choice.fill_(head)
         self.flagged.copy_(flags[head])
 
@@ -206,6 +213,7 @@ class IsolationState(nn.Module):
             "train/candidate_target": float(major),
             "train/shallow_head": float(head),
             "train/flagged_label_share": shares[head],
+            "train/flagged_separation": separations[head],
         }
 
     def oracle_metrics(self) -> dict[str, float]:

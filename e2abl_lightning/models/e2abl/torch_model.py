@@ -100,9 +100,13 @@ class TwoHeadNet(nn.Module):
         self._capture = False
         layer.register_forward_hook(self._hook)
         features = self._probe(input_shape)
-        self.heads = nn.ModuleList(
-            ShallowHead(features.shape[1], num_classes, p, hidden, features.ndim - 2) for p in poolings
-        )
+        # heads are initialised from a forked RNG: adding them leaves the global random stream (data
+        # order, later initialisations) exactly as it is for the backbone alone
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed() % 2**31 + 1)
+            self.heads = nn.ModuleList(
+                ShallowHead(features.shape[1], num_classes, p, hidden, features.ndim - 2) for p in poolings
+            )
 
     @torch.no_grad()
     def _probe(self, input_shape: tuple[int, ...]) -> Tensor:
