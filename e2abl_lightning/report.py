@@ -10,11 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
 import yaml
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 EVAL_KEYS = {"val/clean_acc": "clean accuracy (CA)", "val/asr": "attack success rate (ASR)"}
 ISOLATION_KEYS = {
@@ -73,7 +70,12 @@ def _title(run_dir: Path) -> str:
         if isinstance(model, dict) and model.get("class_path"):
             parts.append(str(model["class_path"]).rsplit(".", 1)[-1])
     if manifest.is_file():
-        info = json.loads(manifest.read_text())
+        try:
+            info = json.loads(manifest.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ReportError(f"{manifest} is not valid JSON ({err}); restore or delete it") from None
+        if not isinstance(info, dict):
+            raise ReportError(f"{manifest} holds a {type(info).__name__}, not a poison manifest; restore or delete it")
         trigger = (info.get("trigger") or {}).get("name", "")
         parts.append(f"{info.get('dataset', '')} {trigger}, {info.get('poison_rate', 0):.0%} poisoned")
         parts.append(f"target {info.get('target_label')}")
@@ -94,7 +96,10 @@ def make_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     if not eval_keys and not iso_keys:
         raise ReportError(f"{metrics_path} holds no val/clean_acc, val/asr or isolation/* values yet")
     out = Path(output) if output is not None else metrics_path.parent / "report.png"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    title = _title(metrics_path.parent)  # may raise ReportError: before any figure or file exists
+    fig = Figure(figsize=(11, 4))
+
+    axes = fig.subplots(1, 2)
     for ax, keys, names, title in (
         (axes[0], eval_keys, EVAL_KEYS, "Validation: clean accuracy and ASR"),
         (axes[1], iso_keys, ISOLATION_KEYS, "Isolation (oracle keys; metrics only)"),
@@ -114,11 +119,10 @@ def make_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
         ax.grid(alpha=0.3)
         if keys:
             ax.legend(fontsize=8, loc="best")
-    fig.suptitle(_title(metrics_path.parent), fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 

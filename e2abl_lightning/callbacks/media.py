@@ -15,14 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import matplotlib
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from matplotlib.figure import Figure
 from torch import Tensor
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = ["IsolationMonitor", "MediaSink", "TriggerGallery"]
 
@@ -72,21 +69,18 @@ class MediaSink:
 
     def figure(self, key: str, fig: Any, tag: str | None = None, caption: str | None = None) -> None:
         """Log a matplotlib figure under ``key`` (file ``media/<key>/<tag>.png``, or ``media/<key>.png``)."""
-        try:
-            if self.wandb:
-                from PIL import Image
+        if self.wandb:
+            from PIL import Image
 
-                buffer = io.BytesIO()
-                fig.savefig(buffer, format="png", dpi=100)
-                buffer.seek(0)
-                image = Image.open(buffer).convert("RGB")
-                for logger in self.wandb:
-                    kwargs = {"caption": [caption]} if caption else {}
-                    logger.log_image(key=key, images=[image], step=self.step, **kwargs)
-            if self.dir is not None:
-                fig.savefig(self._path(key, tag, ".png"), dpi=100)
-        finally:
-            plt.close(fig)
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=100)
+            buffer.seek(0)
+            image = Image.open(buffer).convert("RGB")
+            for logger in self.wandb:
+                kwargs = {"caption": [caption]} if caption else {}
+                logger.log_image(key=key, images=[image], step=self.step, **kwargs)
+        if self.dir is not None:
+            fig.savefig(self._path(key, tag, ".png"), dpi=100)
 
     def table(self, key: str, columns: list[str], rows: list[list[Any]], tag: str | None = None) -> None:
         """Log a table under ``key`` (a ``wandb.Table``, or ``media/<key>/<tag>.csv``)."""
@@ -104,7 +98,8 @@ def gallery_figure(clean: Tensor, triggered: Tensor, labels: list[str]) -> Any:
     """Clean vs triggered samples: line plots for series ``[k, C, L]``, an image grid for ``[k, C, H, W]``."""
     k = clean.shape[0]
     if clean.dim() == 4:  # images [k, C, H, W]
-        fig, axes = plt.subplots(2, k, figsize=(1.8 * k, 4), squeeze=False)
+        fig = Figure(figsize=(1.8 * k, 4))
+        axes = fig.subplots(2, k, squeeze=False)
         for j in range(k):
             for row, (name, batch) in enumerate((("clean", clean), ("triggered", triggered))):
                 img = batch[j].float()
@@ -124,7 +119,9 @@ def gallery_figure(clean: Tensor, triggered: Tensor, labels: list[str]) -> Any:
     else:  # series [k, C, L] (or [k, L])
         series_c = clean if clean.dim() == 3 else clean.unsqueeze(1)
         series_t = triggered if triggered.dim() == 3 else triggered.unsqueeze(1)
-        fig, axes = plt.subplots(k, 1, figsize=(8, 1.8 * k), squeeze=False, sharex=True)
+        fig = Figure(figsize=(8, 1.8 * k))
+
+        axes = fig.subplots(k, 1, squeeze=False, sharex=True)
         for j in range(k):
             ax = axes[j][0]
             for c in range(min(series_c.shape[1], 3)):
@@ -140,7 +137,9 @@ def gallery_figure(clean: Tensor, triggered: Tensor, labels: list[str]) -> Any:
 
 def score_histogram_figure(score: Tensor, poisoned: Tensor, threshold: float | None, title: str, oracle: bool) -> Any:
     """Histogram of one head's isolation score, poisoned vs clean (or flagged vs not without oracle)."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+
+    ax = fig.subplots()
     values = score.float()
     lo, hi = float(values.min()), float(values.max())
     bins = torch.linspace(lo, hi if hi > lo else lo + 1.0, 41).numpy()
@@ -159,7 +158,9 @@ def score_histogram_figure(score: Tensor, poisoned: Tensor, threshold: float | N
 
 def curve_figure(epochs: list[int], series: dict[str, list[float]], title: str, marker: int | None = None) -> Any:
     """Line plot of a few metrics over epochs, in [0, 1]."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+
+    ax = fig.subplots()
     for name, values in series.items():
         ax.plot(epochs, values, marker="o", ms=3, label=name)
     if marker is not None:
@@ -176,7 +177,9 @@ def curve_figure(epochs: list[int], series: dict[str, list[float]], title: str, 
 def confusion_figure(matrix: Tensor, title: str, target: int | None = None) -> Any:
     """Confusion matrix (rows: true label, columns: predicted label)."""
     k = matrix.shape[0]
-    fig, ax = plt.subplots(figsize=(min(2 + 0.45 * k, 10), min(1.6 + 0.45 * k, 9)))
+    fig = Figure(figsize=(min(2 + 0.45 * k, 10), min(1.6 + 0.45 * k, 9)))
+
+    ax = fig.subplots()
     image = ax.imshow(matrix.numpy(), cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046)
     if k <= 15:
