@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -27,6 +29,12 @@ class E2ABLCLI(LightningCLI):
         # a rich progress bar (CA/ASR in it) unless the config sets trainer.callbacks or disables the bar
         parser.set_defaults({"trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.RichProgressBar"}]})
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:  # before LightningCLI reads the checkpoint's hyperparameters and any run directory is made
+            check_checkpoint(self.config[subcommand].get("ckpt_path"))
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
         trainer = config.get("trainer")
@@ -44,6 +52,25 @@ class E2ABLCLI(LightningCLI):
             for logger in loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_hyperparams({"cli": full})  # the whole parsed config, under config.cli
+
+
+def check_checkpoint(path: Any) -> None:
+    """Raise one clear error for a ``ckpt_path`` that is missing or not a checkpoint (a PyTorch zip file).
+
+    Without it, a corrupted file fails deep inside ``torch.load`` with advice to load it with
+    ``weights_only=False``, which would run any pickled code in it. ``"last"``/``"best"``/``"hpc"``
+    and URLs are left to Lightning.
+    """
+    if path is None or str(path) in ("last", "best", "hpc", "registry") or "://" in str(path):
+        return
+    file = Path(str(path)).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"ckpt_path={str(path)!r} does not exist; pass the last.ckpt of an earlier run")
+    if not zipfile.is_zipfile(file):
+        raise ValueError(
+            f"ckpt_path={str(path)!r} is not a PyTorch checkpoint (not a zip archive): the file is corrupted or "
+            "truncated; pass another checkpoint (e.g. the run's last.ckpt) or start without ckpt_path"
+        )
 
 
 def _class_name(entry: Any) -> str:

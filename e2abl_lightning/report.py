@@ -96,7 +96,7 @@ def make_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     if not eval_keys and not iso_keys:
         raise ReportError(f"{metrics_path} holds no val/clean_acc, val/asr or isolation/* values yet")
     out = Path(output) if output is not None else metrics_path.parent / "report.png"
-    title = _title(metrics_path.parent)  # may raise ReportError: before any figure or file exists
+    run_title = _title(metrics_path.parent)  # may raise ReportError: before any figure or file exists
     fig = Figure(figsize=(11, 4))
 
     axes = fig.subplots(1, 2)
@@ -119,7 +119,7 @@ def make_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
         ax.grid(alpha=0.3)
         if keys:
             ax.legend(fontsize=8, loc="best")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(run_title, fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -55,7 +55,9 @@ def select_poison_indices(
     Returns:
         Sorted indices, ``[round(rate * N)]``.
     """
-    num_classes = int(targets.max()) + 1 if targets.numel() else 0
+    if targets.numel() == 0:
+        raise ValueError("the training split is empty (0 labels): there is nothing to poison; check the dataset")
+    num_classes = int(targets.max()) + 1
     check_poison_args(rate, target_label, mode, num_classes)
     n = targets.numel()
     count = round(rate * n)

@@ -232,6 +232,19 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
         }
 
     # ---- loaders ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointed with the run: the global torch RNG state at the checkpoint.
+
+        The training loader draws its shuffle seed from the global RNG when an epoch starts, and
+        Lightning does not checkpoint that RNG; restoring it in :meth:`load_state_dict` (before the
+        first resumed epoch's loader is iterated) gives a resumed run the uninterrupted run's order.
+        """
+        return {"torch_rng_state": torch.get_rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "torch_rng_state" in state_dict:
+            torch.set_rng_state(state_dict["torch_rng_state"])
+
     def _loader(self, dataset: PoisonedDataset, train: bool) -> DataLoader:
         batch = self.batch_size if train else self.eval_batch_size
         return DataLoader(

@@ -195,11 +195,14 @@ def load_image(path: str, channels: int, size: tuple[int, int] | None, expected:
 
     if channels not in (1, 3):
         raise ValueError(f"trigger images can be made for 1 or 3 channels, the data has {channels}")
-    with Image.open(Path(path).expanduser()) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
-        if size is not None:
-            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.float32) / 255.0  # [H, W] or [H, W, 3]
+    try:
+        with Image.open(Path(path).expanduser()) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if size is not None:
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / 255.0  # [H, W] or [H, W, 3]
+    except (OSError, SyntaxError) as err:  # PIL: unidentified, truncated or broken files
+        raise ValueError(f"trigger image {path!r} cannot be read as an image ({err}); give a PNG/JPEG file") from err
     if arr.shape[:2] != tuple(expected):
         raise ValueError(
             f"trigger image {path!r} is {arr.shape[0]}x{arr.shape[1]} but the data is "

@@ -114,8 +114,10 @@ class E2ABL(BackdoorClassifier):
             raise ValueError(f"warmup_epochs={warmup_epochs} must be at least 1")
         if target_patience < 1:
             raise ValueError(f"target_patience={target_patience} must be at least 1")
-        if ascent_ceiling <= 0:
-            raise ValueError(f"ascent_ceiling={ascent_ceiling} must be positive")
+        if not (0 < ascent_ceiling < float("inf")):
+            raise ValueError(f"ascent_ceiling={ascent_ceiling} must be finite and positive (it bounds the ascent)")
+        if not (0 <= ascent_weight < float("inf")):
+            raise ValueError(f"ascent_weight={ascent_weight} must be finite and >= 0, e.g. 1.0")
         if not 0.0 <= ema_momentum < 1.0:
             raise ValueError(f"ema_momentum={ema_momentum} must be in [0, 1)")
         if not 0.0 <= recovery_threshold <= 1.0:
@@ -150,6 +152,9 @@ class E2ABL(BackdoorClassifier):
             head_selection=head_selection,
         )
         self.state = IsolationState(0, self.num_classes, len(shallow_poolings))
+        # DDP broadcasts rank 0's buffers before every forward: that would overwrite the other ranks'
+        # epoch accumulators; the state bank is synced by its own all-reduce instead
+        self._ddp_params_and_buffers_to_ignore = [f"state.{name}" for name, _ in self.state.named_buffers()]
 
     # ---- inference: the main head only -------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:  # [B, ...] -> [B, K]
@@ -216,6 +221,13 @@ class E2ABL(BackdoorClassifier):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
             self.state.sync_(lambda t, op: dist.all_reduce(t, op=ops[op]))
+        finite = [self.state.acc_loss.isfinite().all(), self.state.acc_prob.isfinite().all()]
+        finite += [p.isfinite().all() for p in self.parameters()]  # DDP: the same weights on every rank
+        if not bool(torch.stack(finite).all()):
+            raise ValueError(  # after the sync: every rank raises, none waits; nothing is decided or checkpointed
+                f"E2ABL diverged in epoch {self.current_epoch}: losses or weights hold NaN or inf; lower the lr, "
+                f"ascent_weight={self.ascent_weight} or ascent_ceiling={self.ascent_ceiling}"
+            )
         logs = self.state.decide(self.current_epoch, self.decision)
         logs.update(self.state.oracle_metrics())
         for name, value in logs.items():

@@ -1,0 +1,126 @@
+"""A tiny E2ABL fit on GunPoint, run as a script so that Lightning's DDP launcher can re-invoke it.
+
+Used by ``test_ddp.py`` (one process or ``--devices 2`` under DDP) and ``test_reproducibility.py``
+(``--manifest-only``: print the poison manifest's hash). Every rank writes ``rank<r>.pt`` into
+``--out``: the state bank's buffers (persistent and accumulators) and the model's weights.
+
+Usage::
+
+    python tests/reliability/_e2abl_fit.py --out DIR [--devices 2] [--batch-size 5] [--norm group]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from e2abl_lightning.data.datamodules import UCRDataModule
+from e2abl_lightning.data.triggers import StaticPattern
+from e2abl_lightning.models.backbones import FCN
+from e2abl_lightning.models.e2abl import E2ABL
+
+SMALL_FCN = partial(FCN, layers=(16, 32, 16))
+REPO = Path(__file__).resolve().parents[2]
+#: ``e2abl fit`` on GunPoint from the shipped configs
+GUNPOINT_CONFIGS = [
+    REPO / "configs" / f for f in ("trainer/cpu.yaml", "data/gunpoint_static.yaml", "model/fcn_e2abl.yaml")
+]
+
+
+class OrderedUCR(UCRDataModule):
+    """GunPoint in the order DDP uses: Lightning gives every DDP rank a ``DistributedSampler`` (shuffled
+    with the seed of ``seed_everything``; rank ``r`` takes positions ``r, r + W, ...`` of one permutation
+    per epoch). A single process gets the same sampler with one replica, so its batch ``i`` of size
+    ``W * b`` holds exactly the samples of the ranks' batches ``i`` of size ``b``."""
+
+    def train_dataloader(self) -> DataLoader:
+        loader = super().train_dataloader()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            return loader  # Lightning injects its DistributedSampler
+        sampler = DistributedSampler(loader.dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last)
+
+
+def per_sample_norm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm1d by GroupNorm(1, C): normalisation per sample, so a rank's batch
+    statistics are the same whatever else is in the batch (SyncBatchNorm needs a GPU)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm1d):
+            setattr(module, name, nn.GroupNorm(1, child.num_features))
+        else:
+            per_sample_norm(child)
+    return module
+
+
+def make_datamodule(batch_size: int, poison_seed: int = 0) -> OrderedUCR:
+    return OrderedUCR(
+        "GunPoint",
+        StaticPattern(),
+        poison_rate=0.2,
+        batch_size=batch_size,
+        val_fraction=0.0,
+        poison_seed=poison_seed,
+        download=False,
+    )
+
+
+def manifest_hash(dm: UCRDataModule) -> str:
+    """SHA-256 over the manifest's poison indices and training-set checksum."""
+    manifest = dm.manifest()
+    blob = json.dumps({"poison_indices": manifest["poison_indices"], "train_checksum": manifest["train_checksum"]})
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--norm", choices=("batch", "group"), default="group")
+    parser.add_argument("--poison-seed", type=int, default=0)
+    parser.add_argument("--manifest-only", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # a shared CPU: one thread per process
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    L.seed_everything(0, verbose=False)
+    dm = make_datamodule(args.batch_size, args.poison_seed)
+    if args.manifest_only:
+        (args.out / "manifest_hash.txt").write_text(manifest_hash(dm))
+        return
+    model = E2ABL(SMALL_FCN, dm.num_classes, dm.input_shape, warmup_epochs=2, target_patience=1, isolation_ratio=0.2)
+    if args.norm == "group":
+        per_sample_norm(model)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
+        max_epochs=args.epochs,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, dm)
+    state = {name: t.detach().cpu().clone() for name, t in model.state.named_buffers()}
+    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("state.")}
+    torch.save(
+        {"state": state, "weights": weights, "world_size": trainer.world_size, "steps": trainer.global_step},
+        args.out / f"rank{trainer.global_rank}.pt",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""E2ABL under DDP (2 CPU processes, gloo) against one process with the same global batch and seed.
+
+What "the same" means here. The design promises two things:
+
+1. every rank holds the identical state bank: the accumulators are all-reduced and the decision is a
+   deterministic function of them. That is bit-exact and asserted bit-exactly (each rank saves its
+   state bank and weights to a file);
+2. DDP with batch ``b`` on ``W`` ranks is the one-process run with batch ``W * b``. That holds exactly
+   in real arithmetic only for a genuinely equivalent set-up: the same samples in every global batch
+   (the single process uses the same DistributedSampler permutation, see ``_e2abl_fit.OrderedUCR``)
+   and a normalisation that does not depend on the batch (BatchNorm's batch statistics would be per
+   rank, and SyncBatchNorm needs a GPU: the backbone and heads use GroupNorm(1, C) here). In floating
+   point the gradient is then summed in another order, so weights and scores agree to ~1e-6, and the
+   discrete decisions (flagged, isolated, suspected target, recovered labels) agree exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).with_name("_e2abl_fit.py")
+DISCRETE = (
+    "flagged",
+    "isolated",
+    "ascend",
+    "recovered",
+    "confident",
+    "given",
+    "flag_count",
+    "first_flagged",
+    "suspected_target",
+    "candidate_target",
+    "candidate_streak",
+    "head_choice",
+    "epochs_decided",
+    "acc_count",
+    "oracle_poisoned",
+)
+
+
+def _launch(out: Path, devices: int, batch_size: int, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, str(SCRIPT), "--out", str(out), "--devices", str(devices), "--batch-size", str(batch_size)]
+    return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen, what: str) -> None:
+    try:
+        output, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        pytest.fail(f"{what} timed out:\n{output[-3000:]}")
+    assert proc.returncode == 0, f"{what} failed:\n{output[-3000:]}"
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
+    b = 5  # GunPoint's 50 training series: 25 per rank, 5 steps per epoch either way (no padding, no drop)
+    single = _launch(tmp_path / "single", 1, 2 * b, tmp_path)
+    ddp = _launch(tmp_path / "ddp", 2, b, tmp_path)
+    _finish(single, "single-process fit")
+    _finish(ddp, "DDP fit")
+
+    one = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
+    rank0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
+    assert rank0["world_size"] == rank1["world_size"] == 2 and one["world_size"] == 1
+    assert one["steps"] == rank0["steps"] == rank1["steps"] == 20  # 4 epochs x 5 global batches
+
+    # 1. the ranks are bit-identical: state bank (decided state and synced accumulators) and weights
+    assert rank0["state"].keys() == rank1["state"].keys()
+    for name in rank0["state"]:
+        assert torch.equal(rank0["state"][name], rank1["state"][name]), f"state.{name} differs between ranks"
+    for name in rank0["weights"]:
+        assert torch.equal(rank0["weights"][name], rank1["weights"][name]), f"{name} differs between ranks"
+
+    # every training sample was seen exactly once per epoch across the ranks (a rank's accumulators
+    # must not be overwritten by DDP's buffer broadcast)
+    assert torch.equal(rank0["state"]["acc_count"], torch.ones(50))
+
+    # 2. the same decisions as one process with the same global batch; floats equal up to summation order
+    state = one["state"]
+    assert int(state["epochs_decided"]) == 3 and int(state["flagged"].sum()) > 0
+    assert int(state["suspected_target"]) == 0 and int(state["isolated"].sum()) > 0
+    for name in DISCRETE:
+        assert torch.equal(state[name], rank0["state"][name]), f"state.{name}: one process != DDP"
+    for name in ("score_sum", "pred_ema", "acc_loss", "acc_prob"):
+        torch.testing.assert_close(state[name], rank0["state"][name], atol=1e-5, rtol=1e-5, msg=name)
+    for name in one["weights"]:
+        a, b_ = one["weights"][name], rank0["weights"][name]
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b_, atol=1e-5, rtol=1e-5, msg=name)
+        else:
+            assert torch.equal(a, b_), name
