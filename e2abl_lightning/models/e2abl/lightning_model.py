@@ -207,8 +207,6 @@ class E2ABL(BackdoorClassifier):
             self.state.record_oracle(index, batch["poisoned"], batch["original_target"])
         b = y.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=b)
-        self.log("train/loss_main", per_main.mean(), on_step=False, on_epoch=True, batch_size=b)
-        self.log("train/loss_shallow", per_shallow.mean(), on_step=False, on_epoch=True, batch_size=b)
         return loss
 
     # ---- the epoch's decision (at the last batch: before validation and checkpointing) ---------
@@ -228,7 +226,9 @@ class E2ABL(BackdoorClassifier):
                 f"E2ABL diverged in epoch {self.current_epoch}: losses or weights hold NaN or inf; lower the lr, "
                 f"ascent_weight={self.ascent_weight} or ascent_ceiling={self.ascent_ceiling}"
             )
-        logs = self.state.decide(self.current_epoch, self.decision)
+        seen = self.state.acc_count.sum() * self.state.acc_loss.shape[0]
+        shallow_loss = float(self.state.acc_loss.sum() / seen.clamp(min=1))  # the epoch's mean, from the sums
+        logs = {"train/loss_shallow": shallow_loss, **self.state.decide(self.current_epoch, self.decision)}
         logs.update(self.state.oracle_metrics())
         for name, value in logs.items():
             self.log(name, float(value), on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
