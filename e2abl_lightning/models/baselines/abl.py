@@ -283,13 +283,14 @@ class ABL(BackdoorClassifier):
     def on_fit_start(self) -> None:
         max_epochs = self.trainer.max_epochs
         names = "isolation {} + fine-tuning {} + unlearning {}".format(*self.schedule)
-        if max_epochs is not None and 0 <= max_epochs < self.total_epochs:
+        smoke_run = bool(self.trainer.fast_dev_run)  # a one-batch check of the wiring, not a schedule
+        if max_epochs is not None and 0 <= max_epochs < self.total_epochs and not smoke_run:
             raise ValueError(
                 f"trainer.max_epochs={max_epochs} is smaller than ABL's schedule of {self.total_epochs} epochs "
                 f"({names}, schedule={self.hparams.schedule!r}): set trainer.max_epochs={self.total_epochs}, or use "
                 f"schedule='custom' with isolation_epochs/finetune_epochs/unlearning_epochs summing to {max_epochs}"
             )
-        if max_epochs is None or max_epochs < 0 or max_epochs > self.total_epochs:
+        if (max_epochs is None or max_epochs < 0 or max_epochs > self.total_epochs) and not smoke_run:
             warnings.warn(
                 f"trainer.max_epochs={max_epochs} is larger than ABL's schedule of {self.total_epochs} epochs "
                 f"({names}): the epochs after it only evaluate; set trainer.max_epochs={self.total_epochs}",
