@@ -1,0 +1,59 @@
+"""The benchmark runner: a --quick suite end to end, resuming, and the summary table."""
+
+import csv
+import math
+
+import pytest
+
+from e2abl_lightning.bench.runner import load_suite, main, summarise
+
+
+@pytest.mark.slow
+def test_quick_suite_runs_and_resumes(tmp_path, capsys):
+    out = tmp_path / "bench"
+    main(["--suite", "demo", "--out", str(out), "--quick"])
+    printed = capsys.readouterr().out
+    assert "| osuleaf_static | e2abl |" in printed and "| osuleaf_static | no_defense |" in printed
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {r["defense"] for r in rows} == {"no_defense", "e2abl"}
+    for r in rows:
+        assert 0.0 <= float(r["ca"]) <= 1.0 and 0.0 <= float(r["asr"]) <= 1.0
+    assert (out / "ca_vs_asr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = sorted((out / "cells").glob("*/result.json"))
+    stamps = [p.stat().st_mtime_ns for p in done]
+    main(["--suite", "demo", "--out", str(out), "--quick"])  # finished cells are reused, not rerun
+    assert [p.stat().st_mtime_ns for p in done] == stamps
+
+
+def test_suite_expansion_and_quick_mode():
+    cells = load_suite("ucr")
+    assert len(cells) == len({c.name for c in cells})
+    assert {c.defense for c in cells} == {"no_defense", "clean_oracle", "abl", "e2abl"}
+    quick = load_suite("demo", quick=True)
+    assert [c.defense for c in quick] == ["no_defense", "e2abl"] and all(c.max_epochs == 4 for c in quick)
+
+
+def test_unknown_suite_names_the_known_ones():
+    with pytest.raises(FileNotFoundError, match="known suites"):
+        load_suite("no-such-suite")
+
+
+def test_summary_table_der_and_time_ratio():
+    base = {"setting": "s", "seed": 0, "ra": 0.0, "iso_precision": math.nan, "iso_recall": math.nan}
+    rows = [
+        {**base, "defense": "no_defense", "ca": 0.9, "asr": 1.0, "fit_seconds": 10.0},
+        {
+            **base,
+            "defense": "e2abl",
+            "ca": 0.8,
+            "asr": 0.0,
+            "fit_seconds": 12.0,
+            "iso_precision": 0.5,
+            "iso_recall": 1.0,
+        },
+    ]
+    table = summarise(rows)
+    line = next(x for x in table.splitlines() if "| e2abl |" in x)
+    assert "| 0.950 |" in line  # DER = (1.0 - 0.1 + 1) / 2
+    assert "| 1.20 |" in line  # 12 s / 10 s
+    assert "| 80.0 | 0.0 |" in line
