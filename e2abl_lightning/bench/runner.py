@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--shard={args.shard!r} must be I/N with 0 <= I < N, e.g. 0/2")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    import lightning.pytorch  # noqa: F401  (configures its loggers on import; quiet them afterwards)
+
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     cells = load_suite(args.suite, args.quick)
