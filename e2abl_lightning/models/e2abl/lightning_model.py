@@ -52,10 +52,8 @@ class E2ABL(BackdoorClassifier):
         target_patience: consecutive epochs the flagged set's majority label must hold before it is
             taken (and then kept) as the suspected target.
         cleanse: ``"ascent"`` (bounded gradient ascent), ``"drop"`` (weight 0) or ``"none"``.
-        cleanse_scope: ``"suspected_target"`` (flagged samples given the suspected target label),
-            ``"target_class"`` (those, plus every sample of the suspected target class in the lower of
-            two clearly separated log-score clusters: for large datasets, where easy clean samples of
-            other classes crowd poisons out of the global ratio; experimental) or ``"all_flagged"``.
+        cleanse_scope: ``"suspected_target"`` (flagged samples given the suspected target label) or
+            ``"all_flagged"``.
         ascent_ceiling: per-sample loss above which ascent stops.
         ascent_weight: weight of the ascent term.
         ascent_stop_grad: stop the unlearned samples' main-head gradient at the shallow layer.
@@ -90,7 +88,7 @@ class E2ABL(BackdoorClassifier):
         score: Literal["running_mean", "epoch"] = "running_mean",
         target_patience: int = 2,
         cleanse: Literal["ascent", "drop", "none"] = "ascent",
-        cleanse_scope: Literal["suspected_target", "target_class", "all_flagged"] = "suspected_target",
+        cleanse_scope: Literal["suspected_target", "all_flagged"] = "suspected_target",
         ascent_ceiling: float = 5.0,
         ascent_weight: float = 1.0,
         ascent_stop_grad: bool = False,
@@ -105,7 +103,7 @@ class E2ABL(BackdoorClassifier):
         _check_choice("shallow_loss", shallow_loss, ("ce", "lga"))
         _check_choice("score", score, ("running_mean", "epoch"))
         _check_choice("cleanse", cleanse, ("ascent", "drop", "none"))
-        _check_choice("cleanse_scope", cleanse_scope, ("suspected_target", "target_class", "all_flagged"))
+        _check_choice("cleanse_scope", cleanse_scope, ("suspected_target", "all_flagged"))
         _check_choice("recovery", recovery, ("confident", "always", "never"))
         _check_choice("head_selection", head_selection, ("separation", "label_share"))
         for p in shallow_poolings:

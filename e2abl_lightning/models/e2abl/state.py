@@ -67,7 +67,6 @@ class DecisionConfig:
     ema_momentum: float = 0.7
     recovery_threshold: float = 0.9
     split_min_gap: float = 1.0
-    min_separation: float = 3.0
     head_selection: str = "separation"
     fixed_head: int | None = None
 
@@ -195,10 +194,6 @@ class IsolationState(nn.Module):
         else:
             self.isolated.zero_()
         self.ascend.copy_(self.isolated & split_by_gap(score[head], self.isolated, cfg.split_min_gap))
-        if cfg.cleanse_scope == "target_class" and target >= 0:  # also every trapped sample of the target class
-            trapped = split_two_means(score[head], self.given == target, cfg.min_separation)
-            self.isolated |= trapped
-            self.ascend |= trapped
         self.flag_count += self.flagged.long()
         self.first_flagged.copy_(torch.where(self.flagged & (self.first_flagged < 0), epoch, self.first_flagged))
 
@@ -255,27 +250,3 @@ def split_by_gap(score: Tensor, members: Tensor, min_gap: float) -> Tensor:
         return out
     cut = (values[widest] + values[widest + 1]) / 2
     return members & (torch.log(score.clamp(min=1e-12)) < cut)
-
-
-def split_two_means(score: Tensor, members: Tensor, min_separation: float) -> Tensor:
-    """Mask of the ``members`` in the lower of two log-score clusters (Otsu's split), if clearly bimodal.
-
-    The split maximises the between-cluster variance of the members' log-scores; it is accepted only
-    when the cluster means lie at least ``min_separation`` pooled within-cluster standard deviations
-    apart (a single cluster split in two gives about 2.7). Returns a bool ``[N]`` mask.
-    """
-    out = torch.zeros_like(members)
-    if int(members.sum()) < 4:
-        return out
-    values = torch.log(score[members].double().clamp(min=1e-12)).sort().values  # [M]
-    m = values.numel()
-    k = torch.arange(1, m, dtype=torch.float64)  # size of the lower cluster
-    low_sum = values.cumsum(0)[:-1]
-    mean_low, mean_high = low_sum / k, (values.sum() - low_sum) / (m - k)
-    best = int(torch.argmax(k * (m - k) * (mean_high - mean_low) ** 2))
-    low, high = values[: best + 1], values[best + 1 :]
-    pooled = torch.sqrt((low.var(unbiased=False) * low.numel() + high.var(unbiased=False) * high.numel()) / m)
-    if float((high.mean() - low.mean()) / pooled.clamp(min=1e-12)) < min_separation:
-        return out
-    cut = (values[best] + values[best + 1]) / 2
-    return members & (torch.log(score.double().clamp(min=1e-12)) < cut)

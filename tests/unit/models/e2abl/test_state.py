@@ -2,7 +2,7 @@
 
 import torch
 
-from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState, split_by_gap, split_two_means
+from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState, split_by_gap
 
 N, K, H = 40, 3, 2
 
@@ -97,16 +97,3 @@ def test_split_by_gap_separates_trapped_from_ambiguous():
     # no gap as wide as min_gap: every member is ascended
     assert torch.equal(split_by_gap(score, members, min_gap=5.0), members)
     assert torch.equal(split_by_gap(score, members, min_gap=0.0), members)
-
-
-def test_split_two_means_needs_two_clear_clusters():
-    g = torch.Generator().manual_seed(0)
-    poisons = torch.exp(torch.randn(50, generator=g) * 0.5 - 7)  # near-zero shallow loss
-    clean = torch.exp(torch.randn(60, generator=g) * 0.5 - 1)
-    score = torch.cat([poisons, clean, torch.tensor([1e-9])])
-    members = torch.ones_like(score, dtype=torch.bool)
-    members[-1] = False  # not of the target class: never selected
-    low = split_two_means(score, members, min_separation=3.0)
-    assert low[:50].all() and not low[50:].any()
-    one_cluster = torch.exp(torch.randn(200, generator=g))
-    assert not split_two_means(one_cluster, torch.ones(200, dtype=torch.bool), 3.0).any()
