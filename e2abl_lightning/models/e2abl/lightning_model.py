@@ -180,13 +180,19 @@ class E2ABL(BackdoorClassifier):
         self.state.reset_accumulators()
 
     # ---- one step -----------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # checked on the host, before the batch moves: no device sync in the training step
+        if self.trainer.training and isinstance(batch, dict) and "index" in batch:
+            index = batch["index"]
+            if int(index.max()) >= self.state.num_samples or int(index.min()) < 0:
+                raise ValueError(
+                    f"batch index {int(index.max())} is outside the state bank of {self.state.num_samples} "
+                    "samples; the training set must give dense indices 0..N-1 under the key 'index'"
+                )
+        return batch
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         x, y, index = batch["input"], batch["target"], batch["index"]
-        if int(index.max()) >= self.state.num_samples or int(index.min()) < 0:
-            raise ValueError(
-                f"batch index {int(index.max())} is outside the state bank of {self.state.num_samples} samples; "
-                "the training set must give dense indices 0..N-1 under the key 'index'"
-            )
         cleanse = self.state.isolated[index] if self.cleanse != "none" else torch.zeros_like(y, dtype=torch.bool)
         stop = cleanse if self.ascent_stop_grad else None
         out = self.net(x, stop_grad_mask=stop)
@@ -263,10 +269,12 @@ class E2ABL(BackdoorClassifier):
             writer.writerow(
                 ["index", *id_col, "score", "given", "recovered", "epochs_flagged", "first_flagged", "isolated"]
             )
-            for i in index.tolist():
+            columns = [t.cpu()[index].tolist() for t in (s.given, s.recovered, s.flag_count, s.first_flagged)]
+            isolated = s.isolated.cpu()[index].tolist()
+            for row, i in enumerate(index.tolist()):
                 ident = [ids[i]] if ids is not None else []
-                values = (s.given[i], s.recovered[i], s.flag_count[i], s.first_flagged[i])
-                writer.writerow([i, *ident, f"{float(score[i]):.6g}", *map(int, values), bool(s.isolated[i])])
+                values = [column[row] for column in columns]
+                writer.writerow([i, *ident, f"{float(score[i]):.6g}", *values, isolated[row]])
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

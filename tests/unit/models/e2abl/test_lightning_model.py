@@ -120,3 +120,23 @@ def test_user_module_with_named_shallow_layer():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         E2ABL(SMALL_FCN, 2, (1, 64), **kwargs)
+
+
+class _Shifted(_Blind):
+    """Indices that are not dense 0..N-1."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        item["index"] = item["index"] + len(self.dataset)
+        return item
+
+
+class ShiftedUCR(UCRDataModule):
+    def train_dataloader(self):
+        loader = super().train_dataloader()
+        return DataLoader(_Shifted(loader.dataset), batch_size=loader.batch_size)
+
+
+def test_non_dense_training_indices_are_refused():
+    with pytest.raises(ValueError, match="dense indices 0..N-1"):
+        _fit(ShiftedUCR, epochs=1)
