@@ -12,7 +12,7 @@ from e2abl_lightning.models.backbones.image import (
     TorchvisionResNet,
     WideResNet,
 )
-from e2abl_lightning.models.backbones.timeseries import FCN, InceptionTime, ResNet1d
+from e2abl_lightning.models.backbones.timeseries import FCN, TST, InceptionTime, ResNet1d
 
 #: What a model receives for ``backbone``: called with ``(input_shape, num_classes)``.
 BackboneFactory = Callable[[tuple[int, ...], int], nn.Module]
@@ -26,6 +26,7 @@ __all__ = [
     "ResNet18",
     "ResNet1d",
     "SmallCNN",
+    "TST",
     "TorchvisionResNet",
     "WideResNet",
 ]

@@ -9,14 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from e2abl_lightning.models.backbones import FCN, InceptionTime, ResNet1d
+from e2abl_lightning.models.backbones import FCN, TST, InceptionTime, ResNet1d
 from e2abl_lightning.models.baselines import NoDefense
+from e2abl_lightning.models.e2abl import E2ABL
+from e2abl_lightning.models.e2abl.torch_model import TwoHeadNet
 
-BACKBONES = [FCN, ResNet1d, InceptionTime]
+BACKBONES = [FCN, ResNet1d, InceptionTime, TST]
 
 
 def small(cls: type, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """A fast instance (InceptionTime is shrunk; FCN and ResNet are cheap enough)."""
+    """A fast instance (InceptionTime, FCN and TST are shrunk; ResNet is cheap enough)."""
+    if cls is TST:
+        return cls(input_shape, num_classes, d_model=16, n_layers=2, n_heads=4, d_ff=32)
     if cls is InceptionTime:
         return cls(input_shape, num_classes, nf=8, depth=3)
     if cls is FCN:
@@ -62,6 +66,80 @@ def test_shallow_layer_exists_and_is_hookable(cls: type) -> None:
 def test_wrong_input_shape_raises(cls: type, shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="input_shape"):
         cls(shape, 3)
+
+
+# ---- TST: a sequence-first transformer tapped channel-first ------------------------------------
+
+
+def small_tst(input_shape: tuple[int, ...], num_classes: int, **kwargs) -> TST:
+    return TST(input_shape, num_classes, d_model=16, n_layers=2, n_heads=4, d_ff=32, **kwargs)
+
+
+def capture(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    modules, out = dict(model.named_modules()), {}
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: out.__setitem__(n, o)) for n in names]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("length", "max_seq_len", "tokens"), [(48, 128, 48), (427, 128, 128), (427, 64, 64), (40, None, 40)]
+)
+def test_tst_shallow_features_are_the_first_layer_channel_first(length: int, max_seq_len, tokens: int) -> None:
+    """The hooked BatchNorm gives the first encoder layer's output [B, L', D] as [B, D, L']."""
+    model = small_tst((2, length), 3, max_seq_len=max_seq_len).eval()
+    out = capture(model, [model.shallow_layer, "net.encoder.layers.0"], torch.randn(3, 2, length))
+    shallow, layer0 = out[model.shallow_layer], out["net.encoder.layers.0"]
+    assert layer0.shape == (3, tokens, 16)  # tsai's layout: sequence-first
+    assert shallow.shape == (3, 16, tokens)  # what the shallow head reads: channel-first
+    assert torch.equal(shallow, layer0.transpose(1, 2))
+
+
+def test_tst_rejects_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="n_heads"):
+        TST((1, 32), 3, d_model=20, n_heads=8)
+    with pytest.raises(ValueError, match="n_layers"):
+        TST((1, 32), 3, n_layers=0)
+
+
+def test_tst_two_head_net_and_stop_gradient() -> None:
+    """Both heads run on a TST, and a stop-gradient at the hook cuts the main loss off the stem."""
+    torch.manual_seed(0)
+    net = TwoHeadNet(small_tst((1, 427), 4), 4, (1, 427), hidden=8)
+    x = torch.randn(5, 1, 427)
+    out = net(x)
+    assert out.main.shape == (5, 4) and out.shallow.shape == (2, 5, 4)
+    stem = [
+        net.backbone.net.W_pos,
+        *net.backbone.net.W_P.parameters(),
+        *net.backbone.net.encoder.layers[0].parameters(),
+    ]
+    deep = list(net.backbone.net.encoder.layers[1].parameters())
+
+    net.zero_grad()
+    net(x, stop_grad_mask=torch.ones(5, dtype=torch.bool)).main.sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in stem)
+    assert any(p.grad is not None and p.grad.any() for p in deep)
+
+    net.zero_grad()
+    net(x, stop_grad_mask=torch.zeros(5, dtype=torch.bool)).main.sum().backward()
+    assert all(p.grad is not None for p in stem) and any(p.grad.any() for p in stem)
+
+
+def test_tst_e2abl_training_step() -> None:
+    torch.manual_seed(0)
+    model = E2ABL(small_tst, 3, (1, 32))
+    model.state.resize(6, 3, len(model.net.heads))  # what on_train_start does for a 6-sample training set
+    assert model.net.shallow_layer == TST.shallow_layer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer warns
+        loss = model.training_step(make_batch(), 0)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in model.net.heads.parameters())
 
 
 # ---- NoDefense -------------------------------------------------------------------------------
