@@ -36,10 +36,13 @@ class Cell:
     max_epochs: int
     trainer: Path
     args: list[str] = field(default_factory=list)
+    poison_rate: float | None = None
 
     @property
     def setting(self) -> str:
-        return self.data.stem
+        if self.poison_rate is None:
+            return self.data.stem
+        return f"{self.data.stem}@{100 * self.poison_rate:g}%"
 
     @property
     def name(self) -> str:
@@ -69,8 +72,12 @@ def load_suite(suite: str, quick: bool = False) -> list[Cell]:
     datasets, seeds = spec["datasets"], spec.get("seeds", [0])
     defenses = dict(spec["defenses"])
     epochs = int(spec.get("max_epochs", 40))
+    rates = spec.get("poison_rates", [None])  # a sweep: every dataset at every rate
+    for rate in rates:
+        if rate is not None and not 0.0 < float(rate) < 1.0:
+            raise ValueError(f"suite {path}: poison_rates entry {rate} must be in (0, 1), e.g. 0.05")
     if quick:
-        datasets, seeds, epochs = datasets[:1], seeds[:1], int(spec.get("quick_epochs", 4))
+        datasets, seeds, epochs, rates = datasets[:1], seeds[:1], int(spec.get("quick_epochs", 4)), rates[:1]
         defenses = {k: defenses[k] for k in list(defenses)[:1] + [k for k in defenses if k == "e2abl"][:1]}
     return [
         Cell(
@@ -81,8 +88,10 @@ def load_suite(suite: str, quick: bool = False) -> list[Cell]:
             epochs,
             _resolve(spec["trainer"]),
             list(spec_d.get("args", [])),
+            None if rate is None else float(rate),
         )
         for d in datasets
+        for rate in rates
         for name, spec_d in defenses.items()
         for seed in seeds
     ]
@@ -102,6 +111,7 @@ def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
         "--config",
         str(cell.model),
         *cell.args,
+        *([] if cell.poison_rate is None else [f"--data.init_args.poison_rate={cell.poison_rate}"]),
         f"--seed_everything={cell.seed}",
         f"--data.init_args.poison_seed={cell.seed}",
         f"--data.init_args.split_seed={cell.seed}",
@@ -125,6 +135,8 @@ def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
     res = evaluation.results
     return {
         "setting": cell.setting,
+        "dataset": cell.data.stem,
+        "poison_rate": cli.datamodule.poison_rate,
         "defense": cell.defense,
         "seed": cell.seed,
         "epochs": cell.max_epochs,
@@ -197,6 +209,38 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_rate_curve(rows: list[dict[str, Any]], path: Path) -> None:
+    """ASR and CA against the poison rate, one line per dataset and defense (mean ± std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in rows})
+    fig, axes = plt.subplots(2, len(datasets), figsize=(4.5 * len(datasets), 6.5), squeeze=False, sharex=True)
+    for col, dataset in enumerate(datasets):
+        for defense in sorted({r["defense"] for r in rows if r["dataset"] == dataset}):
+            rs = [r for r in rows if r["dataset"] == dataset and r["defense"] == defense]
+            rates = sorted({r["poison_rate"] for r in rs})
+            for row, key in enumerate(("asr", "ca")):
+                values = [[100 * r[key] for r in rs if r["poison_rate"] == p] for p in rates]
+                means = [statistics.fmean(v) for v in values]
+                stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+                x = [100 * p for p in rates]
+                axes[row][col].errorbar(x, means, yerr=stds, marker="o", capsize=3, label=defense)
+        axes[0][col].set_title(dataset)
+        axes[0][col].set_ylabel("ASR (%)")
+        axes[1][col].set_ylabel("clean accuracy (%)")
+        axes[1][col].set_xlabel("poison rate (%)")
+        for ax in axes[:, col]:
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def run_suite(cells: list[Cell], out: Path) -> list[dict[str, Any]]:
     """Run (or reuse) every cell, with a progress bar; writes results.csv/md and ca_vs_asr.png."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -228,6 +272,8 @@ def run_suite(cells: list[Cell], out: Path) -> list[dict[str, Any]]:
     table = summarise(rows)
     (out / "results.md").write_text(table + "\n")
     plot(rows, out / "ca_vs_asr.png")
+    if any(c.poison_rate is not None for c in cells):
+        plot_rate_curve(rows, out / "poison_rate_curve.png")
     return rows
 
 
@@ -253,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     cells = load_suite(args.suite, args.quick)
     rows = run_suite(cells[shard::shards], args.out)
     print(summarise(rows))
-    print(f"\nwritten: {args.out / 'results.csv'}, {args.out / 'results.md'}, {args.out / 'ca_vs_asr.png'}")
+    plots = [p.name for p in (args.out / "ca_vs_asr.png", args.out / "poison_rate_curve.png") if p.is_file()]
+    print(f"\nwritten: {args.out / 'results.csv'}, {args.out / 'results.md'}, plots {plots}")
 
 
 if __name__ == "__main__":

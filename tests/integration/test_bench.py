@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from e2abl_lightning.bench.runner import load_suite, main, summarise
+from e2abl_lightning.bench.runner import load_suite, main, plot_rate_curve, summarise
 
 
 @pytest.mark.slow
@@ -57,3 +57,29 @@ def test_summary_table_der_and_time_ratio():
     assert "| 0.950 |" in line  # DER = (1.0 - 0.1 + 1) / 2
     assert "| 1.20 |" in line  # 12 s / 10 s
     assert "| 80.0 | 0.0 |" in line
+
+
+def test_poison_rate_sweep_expands_and_plots(tmp_path):
+    cells = load_suite("poison_rate")
+    rates = sorted({c.poison_rate for c in cells})
+    assert rates == [0.01, 0.05, 0.1, 0.2]
+    assert len(cells) == len({c.name for c in cells}), "the rate is part of every cell's name"
+    assert {c.setting for c in cells if c.poison_rate == 0.05} == {"osuleaf_static@5%", "japanesevowels_static@5%"}
+    rows = [
+        {"dataset": "d", "defense": defense, "poison_rate": rate, "seed": seed, "ca": 0.8, "asr": asr}
+        for defense, asr in (("no_defense", 0.9), ("e2abl", 0.0))
+        for rate in (0.01, 0.1)
+        for seed in (0, 1)
+    ]
+    plot_rate_curve(rows, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_poison_rate_out_of_range_is_refused(tmp_path):
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(
+        "trainer: trainer/bench.yaml\npoison_rates: [0.1, 1.5]\ndatasets: [data/osuleaf_static.yaml]\n"
+        "defenses: {no_defense: {model: model/fcn_no_defense.yaml}}\n"
+    )
+    with pytest.raises(ValueError, match=r"poison_rates entry 1.5 must be in \(0, 1\)"):
+        load_suite(str(suite))
