@@ -4,6 +4,7 @@ import csv
 import math
 
 import pytest
+import torch
 
 from e2abl_lightning.bench.runner import load_suite, main, plot_rate_curve, summarise
 
@@ -83,3 +84,12 @@ def test_poison_rate_out_of_range_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match=r"poison_rates entry 1.5 must be in \(0, 1\)"):
         load_suite(str(suite))
+
+
+def test_poisoning_timer_covers_every_fixed_trigger():
+    from e2abl_lightning.bench.poisoning import FIXED_TRIGGERS, time_triggers
+
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    times = time_triggers(x, torch.zeros(64, dtype=torch.long), repeats=1)
+    assert set(times) == set(FIXED_TRIGGERS)
+    assert all(0.0 < t < 60.0 for t in times.values())
