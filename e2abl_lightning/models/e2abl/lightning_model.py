@@ -52,8 +52,10 @@ class E2ABL(BackdoorClassifier):
         target_patience: consecutive epochs the flagged set's majority label must hold before it is
             taken (and then kept) as the suspected target.
         cleanse: ``"ascent"`` (bounded gradient ascent), ``"drop"`` (weight 0) or ``"none"``.
-        cleanse_scope: ``"suspected_target"`` (flagged samples given the suspected target label) or
-            ``"all_flagged"``.
+        cleanse_scope: ``"suspected_target"`` (flagged samples given the suspected target label),
+            ``"target_split"`` (samples given the suspected target label whose log-score falls below
+            Otsu's threshold within that class: on large image sets the flagged share misses poisons
+            crowded out by easy clean samples of other classes) or ``"all_flagged"``.
         ascent_ceiling: per-sample loss above which ascent stops.
         ascent_weight: weight of the ascent term.
         ascent_stop_grad: stop the unlearned samples' main-head gradient at the shallow layer.
@@ -77,7 +79,7 @@ class E2ABL(BackdoorClassifier):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         shallow_layer: str | None = None,
-        shallow_poolings: tuple[Literal["max", "avg"], ...] = ("max", "avg"),
+        shallow_poolings: tuple[Literal["max", "avg", "grid"], ...] = ("max", "avg"),
         shallow_hidden: int = 32,
         shallow_loss: Literal["ce", "lga"] = "ce",
         lga_gamma: float = 0.5,
@@ -88,7 +90,7 @@ class E2ABL(BackdoorClassifier):
         score: Literal["running_mean", "epoch"] = "running_mean",
         target_patience: int = 2,
         cleanse: Literal["ascent", "drop", "none"] = "ascent",
-        cleanse_scope: Literal["suspected_target", "all_flagged"] = "suspected_target",
+        cleanse_scope: Literal["suspected_target", "target_split", "all_flagged"] = "suspected_target",
         ascent_ceiling: float = 5.0,
         ascent_weight: float = 1.0,
         ascent_stop_grad: bool = False,
@@ -103,11 +105,11 @@ class E2ABL(BackdoorClassifier):
         _check_choice("shallow_loss", shallow_loss, ("ce", "lga"))
         _check_choice("score", score, ("running_mean", "epoch"))
         _check_choice("cleanse", cleanse, ("ascent", "drop", "none"))
-        _check_choice("cleanse_scope", cleanse_scope, ("suspected_target", "all_flagged"))
+        _check_choice("cleanse_scope", cleanse_scope, ("suspected_target", "target_split", "all_flagged"))
         _check_choice("recovery", recovery, ("confident", "always", "never"))
         _check_choice("head_selection", head_selection, ("separation", "label_share"))
         for p in shallow_poolings:
-            _check_choice("shallow_poolings", p, ("max", "avg"))
+            _check_choice("shallow_poolings", p, ("max", "avg", "grid"))
         if not 0.0 < isolation_ratio < 1.0:
             raise ValueError(f"isolation_ratio={isolation_ratio} must be in (0, 1), e.g. 0.15")
         if warmup_epochs < 1:
@@ -208,7 +210,7 @@ class E2ABL(BackdoorClassifier):
             out.main, y, cleanse, ascend, recovered, train_recovered, self.ascent_ceiling, self.ascent_weight
         )  # [B]
         loss = total_loss(per_main, shallow_term, self.shallow_weight)
-        self.state.accumulate(index, per_shallow.detach(), out.main.detach().softmax(dim=1), y)
+        self.state.accumulate(index, per_shallow.detach(), out.main.detach().float().softmax(dim=1), y)
         if "poisoned" in batch and "original_target" in batch:
             self.state.record_oracle(index, batch["poisoned"], batch["original_target"])
         b = y.shape[0]

@@ -15,7 +15,9 @@ def lga(loss: Tensor, gamma: float) -> Tensor:
 def shallow_losses(shallow_logits: Tensor, targets: Tensor) -> Tensor:
     """Per-sample cross-entropy of every shallow head on the given labels, ``[H, B]``."""
     h, b, k = shallow_logits.shape
-    return F.cross_entropy(shallow_logits.reshape(h * b, k), targets.repeat(h), reduction="none").view(h, b)
+    # in float32: under bf16 autocast, losses below ~4e-3 round to 0 and the ranking of trapped samples ties
+    logits = shallow_logits.float().reshape(h * b, k)
+    return F.cross_entropy(logits, targets.repeat(h), reduction="none").view(h, b)
 
 
 def main_losses(

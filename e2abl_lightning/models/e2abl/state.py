@@ -189,6 +189,11 @@ class IsolationState(nn.Module):
 
         if cfg.cleanse_scope == "all_flagged":
             self.isolated.copy_(self.flagged)
+        elif cfg.cleanse_scope == "target_split" and target >= 0:
+            members = (self.given == target) & torch.isfinite(score[head])
+            self.isolated.copy_(
+                members & (torch.log(score[head].clamp(min=1e-12)) < otsu_threshold(score[head], members))
+            )
         elif target >= 0:
             self.isolated.copy_(self.flagged & (self.given == target))
         else:
@@ -230,6 +235,25 @@ class IsolationState(nn.Module):
         correct = (self.recovered == self.oracle_true) & found
         out["isolation/recovery_acc"] = float(correct.sum() / found.sum().clamp(min=1))
         return out
+
+
+def otsu_threshold(score: Tensor, members: Tensor) -> float:
+    """Otsu's threshold on the ``members``' log-scores: the cut maximising the between-cluster variance.
+
+    Used within the suspected target class, where the scores are bimodal: trapped poisons near zero
+    loss and the class's clean samples. Returns -inf when fewer than two members.
+    """
+    values = torch.log(score[members].clamp(min=1e-12)).double().sort().values  # [M]
+    m = values.shape[0]
+    if m < 2:
+        return float("-inf")
+    csum = values.cumsum(0)  # [M]
+    i = torch.arange(1, m, dtype=torch.float64)  # size of the low cluster
+    low = csum[:-1] / i
+    high = (csum[-1] - csum[:-1]) / (m - i)
+    between = i * (m - i) * (low - high) ** 2
+    best = int(torch.argmax(between))
+    return float((values[best] + values[best + 1]) / 2)
 
 
 def split_by_gap(score: Tensor, members: Tensor, min_gap: float) -> Tensor:

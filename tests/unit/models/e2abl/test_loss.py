@@ -60,3 +60,12 @@ def test_cleansed_without_ascent_has_zero_weight_and_total():
     assert torch.count_nonzero(logits.grad) == 0
     shallow = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
     assert torch.isclose(total_loss(out, shallow, 0.5), out.mean() + 0.5 * (2.0 + 2.0))
+
+
+def test_shallow_losses_keep_small_losses_apart_under_bf16():
+    """Trapped samples' losses (1e-3..1e-5) must stay ordered when the logits come out of bf16 autocast."""
+    margins = torch.tensor([7.0, 9.0, 11.0])
+    logits = torch.stack([margins, torch.zeros(3)], dim=1).to(torch.bfloat16).unsqueeze(0)  # [1, 3, 2]
+    loss = shallow_losses(logits, torch.zeros(3, dtype=torch.long))  # [1, 3]
+    assert loss.dtype == torch.float32
+    assert (loss > 0).all() and loss[0, 0] > loss[0, 1] > loss[0, 2]

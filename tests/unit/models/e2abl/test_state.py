@@ -2,7 +2,7 @@
 
 import torch
 
-from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState, split_by_gap
+from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState, otsu_threshold, split_by_gap
 
 N, K, H = 40, 3, 2
 
@@ -24,8 +24,8 @@ def _feed(state: IsolationState, idx: torch.Tensor, epoch: int) -> None:
     state.record_oracle(idx, poisoned[idx], torch.arange(N)[idx] % K)
 
 
-def _run(split: bool, epochs: int = 6) -> list[IsolationState]:
-    cfg = DecisionConfig(warmup_epochs=2, isolation_ratio=0.2, target_patience=2)
+def _run(split: bool, epochs: int = 6, **config) -> list[IsolationState]:
+    cfg = DecisionConfig(warmup_epochs=2, isolation_ratio=0.2, target_patience=2, **config)
     ranks = [IsolationState(N, K, H) for _ in range(2 if split else 1)]
     perm = torch.randperm(N, generator=torch.Generator().manual_seed(1))
     for epoch in range(epochs):
@@ -97,3 +97,22 @@ def test_split_by_gap_separates_trapped_from_ambiguous():
     # no gap as wide as min_gap: every member is ascended
     assert torch.equal(split_by_gap(score, members, min_gap=5.0), members)
     assert torch.equal(split_by_gap(score, members, min_gap=0.0), members)
+
+
+def test_otsu_threshold_cuts_between_two_log_clusters():
+    score = torch.tensor([1e-6, 2e-6, 5e-6, 1e-5, 0.3, 0.5, 0.8, 1.2, 2.0])  # 4 trapped, 5 clean
+    members = torch.ones(9, dtype=torch.bool)
+    cut = otsu_threshold(score, members)
+    assert torch.log(torch.tensor(1e-5)) < cut < torch.log(torch.tensor(0.3))
+    members[0] = False  # non-members are ignored
+    assert torch.log(torch.tensor(1e-5)) < otsu_threshold(score, members) < torch.log(torch.tensor(0.3))
+    assert otsu_threshold(score, torch.zeros(9, dtype=torch.bool)) == float("-inf")
+
+
+def test_target_split_isolates_the_trapped_part_of_the_target_class():
+    (state,) = _run(split=False, cleanse_scope="target_split")
+    assert int(state.suspected_target) == 0
+    poisoned = torch.arange(N) < 8
+    assert torch.equal(state.isolated, poisoned), "exactly the trapped samples of the target class"
+    (split_a, split_b) = _run(split=True, cleanse_scope="target_split")
+    assert torch.equal(split_a.isolated, state.isolated) and torch.equal(split_b.isolated, state.isolated)
