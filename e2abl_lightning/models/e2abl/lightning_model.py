@@ -79,7 +79,7 @@ class E2ABL(BackdoorClassifier):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         shallow_layer: str | None = None,
-        shallow_poolings: tuple[Literal["max", "avg", "grid"], ...] = ("max", "avg"),
+        shallow_poolings: tuple[Literal["max", "avg"], ...] = ("max", "avg"),
         shallow_hidden: int = 32,
         shallow_loss: Literal["ce", "lga"] = "ce",
         lga_gamma: float = 0.5,
@@ -109,7 +109,7 @@ class E2ABL(BackdoorClassifier):
         _check_choice("recovery", recovery, ("confident", "always", "never"))
         _check_choice("head_selection", head_selection, ("separation", "label_share"))
         for p in shallow_poolings:
-            _check_choice("shallow_poolings", p, ("max", "avg", "grid"))
+            _check_choice("shallow_poolings", p, ("max", "avg"))
         if not 0.0 < isolation_ratio < 1.0:
             raise ValueError(f"isolation_ratio={isolation_ratio} must be in (0, 1), e.g. 0.15")
         if warmup_epochs < 1:

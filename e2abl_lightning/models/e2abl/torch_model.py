@@ -11,10 +11,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-Pooling = Literal["max", "avg", "grid"]
-
-#: cells per spatial dimension of the ``"grid"`` pooling
-GRID_CELLS = 4
+Pooling = Literal["max", "avg"]
 
 
 class TwoHeadOutput(NamedTuple):
@@ -33,8 +30,8 @@ class ShallowHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, pooling: Pooling, hidden: int, spatial_dims: int) -> None:
         super().__init__()
-        if pooling not in ("max", "avg", "grid"):
-            raise ValueError(f"pooling={pooling!r} must be 'max', 'avg' or 'grid'")
+        if pooling not in ("max", "avg"):
+            raise ValueError(f"pooling={pooling!r} must be 'max' or 'avg'")
         if spatial_dims not in (1, 2):
             raise ValueError(f"shallow features must be [B, C, L] or [B, C, H, W], got {spatial_dims} spatial dims")
         conv = nn.Conv1d if spatial_dims == 1 else nn.Conv2d
@@ -44,13 +41,12 @@ class ShallowHead(nn.Module):
             (1, "avg"): nn.AdaptiveAvgPool1d,
             (2, "max"): nn.AdaptiveMaxPool2d,
             (2, "avg"): nn.AdaptiveAvgPool2d,
-        }[(spatial_dims, "avg" if pooling == "grid" else pooling)]
-        cells = GRID_CELLS if pooling == "grid" else 1
+        }[(spatial_dims, pooling)]
         self.pooling = pooling
         self.body = nn.Sequential(
-            conv(in_channels, hidden, 3, padding=1, bias=False), norm(hidden), nn.ReLU(), pool(cells), nn.Flatten()
+            conv(in_channels, hidden, 3, padding=1, bias=False), norm(hidden), nn.ReLU(), pool(1), nn.Flatten()
         )
-        self.fc = nn.Linear(hidden * cells**spatial_dims, num_classes)
+        self.fc = nn.Linear(hidden, num_classes)
 
     def forward(self, features: Tensor) -> Tensor:  # [B, C, *S] -> [B, K]
         return self.fc(self.body(features))
