@@ -69,6 +69,9 @@ class E2ABL(BackdoorClassifier):
         head_selection: with several shallow heads, use each epoch the one whose flagged set sits
             furthest below the median log-score (``"separation"``) or is most dominated by one given
             label (``"label_share"``).
+        min_label_share: a label becomes the candidate target only when it holds at least this share
+            of the chosen head's flagged set (0: always). Without a backdoor the flagged set is the
+            easiest clean samples, a mix; a guard against splitting a clean class.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class E2ABL(BackdoorClassifier):
         ema_momentum: float = 0.7,
         split_min_gap: float = 1.0,
         head_selection: Literal["separation", "label_share"] = "separation",
+        min_label_share: float = 0.0,
     ) -> None:
         super().__init__(backbone, num_classes, input_shape, optimizer, scheduler)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
@@ -122,6 +126,8 @@ class E2ABL(BackdoorClassifier):
             raise ValueError(f"ascent_weight={ascent_weight} must be finite and >= 0, e.g. 1.0")
         if not 0.0 <= ema_momentum < 1.0:
             raise ValueError(f"ema_momentum={ema_momentum} must be in [0, 1)")
+        if not 0.0 <= min_label_share < 1.0:
+            raise ValueError(f"min_label_share={min_label_share} must be in [0, 1), e.g. 0.4 on large image sets")
         if not 0.0 <= recovery_threshold <= 1.0:
             raise ValueError(f"recovery_threshold={recovery_threshold} must be in [0, 1]")
         self.net = TwoHeadNet(
@@ -152,6 +158,7 @@ class E2ABL(BackdoorClassifier):
             recovery_threshold=recovery_threshold,
             split_min_gap=split_min_gap,
             head_selection=head_selection,
+            min_label_share=min_label_share,
         )
         self.state = IsolationState(0, self.num_classes, len(shallow_poolings))
         # DDP broadcasts rank 0's buffers before every forward: that would overwrite the other ranks'

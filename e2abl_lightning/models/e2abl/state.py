@@ -69,6 +69,7 @@ class DecisionConfig:
     split_min_gap: float = 1.0
     head_selection: str = "separation"
     fixed_head: int | None = None
+    min_label_share: float = 0.0
 
 
 class IsolationState(nn.Module):
@@ -177,13 +178,13 @@ class IsolationState(nn.Module):
         self.head_choice.fill_(head)
         self.flagged.copy_(flags[head])
 
-        major = majors[head]
+        major = majors[head] if shares[head] >= cfg.min_label_share else -1  # -1: no candidate this epoch
         if major == int(self.candidate_target):
             self.candidate_streak += 1
         else:
             self.candidate_target.fill_(major)
             self.candidate_streak.fill_(1)
-        if int(self.suspected_target) < 0 and int(self.candidate_streak) >= cfg.target_patience:
+        if major >= 0 and int(self.suspected_target) < 0 and int(self.candidate_streak) >= cfg.target_patience:
             self.suspected_target.fill_(major)
         target = int(self.suspected_target)
 

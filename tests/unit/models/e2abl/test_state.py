@@ -116,3 +116,17 @@ def test_target_split_isolates_the_trapped_part_of_the_target_class():
     assert torch.equal(state.isolated, poisoned), "exactly the trapped samples of the target class"
     (split_a, split_b) = _run(split=True, cleanse_scope="target_split")
     assert torch.equal(split_a.isolated, state.isolated) and torch.equal(split_b.isolated, state.isolated)
+
+
+def test_min_label_share_guards_against_a_mixed_flagged_set():
+    """Without one dominant label among the flagged samples no target is suspected and nothing is cleansed."""
+    state = IsolationState(N, K, H)
+    given = torch.arange(N) % K  # no backdoor: every label equally often
+    loss = torch.rand(H, N, generator=torch.Generator().manual_seed(0)) + 0.1
+    for epoch in range(5):
+        state.reset_accumulators()
+        state.accumulate(torch.arange(N), loss, torch.full((N, K), 1.0 / K), given)
+        state.decide(epoch, DecisionConfig(warmup_epochs=1, isolation_ratio=0.3, min_label_share=0.6))
+    assert int(state.suspected_target) == -1 and not state.isolated.any()
+    (guarded,) = _run(split=False, min_label_share=0.6)  # a real trap (share 1.0) still passes the guard
+    assert int(guarded.suspected_target) == 0 and guarded.isolated[:8].all()
