@@ -12,18 +12,29 @@ from e2abl_lightning.data.triggers.image import (
     Trojan,
     WaNet,
 )
-from e2abl_lightning.data.triggers.timeseries import PowerlineNoise, StaticPattern
+from e2abl_lightning.data.triggers.timeseries import (
+    TSBA,
+    FrequencyTrigger,
+    NoiseBlend,
+    PowerlineNoise,
+    StaticPattern,
+    TimeWarp,
+)
 
 __all__ = [
     "BPP",
     "SIG",
+    "TSBA",
     "BadNets",
     "Blend",
     "FTrojan",
+    "FrequencyTrigger",
     "InputAware",
     "LabelConsistent",
+    "NoiseBlend",
     "PowerlineNoise",
     "StaticPattern",
+    "TimeWarp",
     "Trigger",
     "Trojan",
     "WaNet",

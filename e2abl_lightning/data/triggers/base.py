@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class Trigger(abc.ABC):
@@ -59,3 +62,43 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers shared by the image and time-series triggers
+# ---------------------------------------------------------------------------------------------------
+
+
+def _require(value: Any, trigger: Trigger) -> Any:
+    """Return ``value``, or explain that ``setup`` has to run first."""
+    if value is None:
+        raise RuntimeError(f"{type(trigger).__name__}.apply() needs setup() first (it builds the trigger)")
+    return value
+
+
+def _fingerprint(*parts: Any) -> str:
+    """SHA-256 over tensors, arrays and JSON-able values (cache keys)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Tensor):
+            digest.update(str((part.dtype, tuple(part.shape))).encode())
+            digest.update(part.detach().cpu().contiguous().numpy())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _init_weights(module: nn.Module, generator: torch.Generator) -> None:
+    """Re-initialise conv/linear layers from ``generator`` (never the global RNG)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+            if m.bias is not None:
+                bound = 1.0 / math.sqrt(m.weight[0].numel())
+                nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """A seeded shuffle of ``range(n)`` cut into batches."""
+    order = torch.randperm(n, generator=generator)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]

@@ -10,7 +10,6 @@ Parameters follow the anchors (see ``REFERENCE.md``, section 4); the papers are 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from e2abl_lightning.data.triggers.base import Trigger
+from e2abl_lightning.data.triggers.base import Trigger, _batches, _fingerprint, _init_weights, _require
 
 #: The 3x3 checker of the BadNets "grid" variant (1 = white, 0 = black), bottom-right corner.
 GRID_PATTERN = ((1.0, 0.0, 1.0), (0.0, 1.0, 0.0), (1.0, 0.0, 0.0))
@@ -31,13 +30,6 @@ def _check_images(x: Tensor) -> None:
         raise ValueError(f"image triggers expect [N, C, H, W] inputs, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"image triggers expect float images in [0, 1], got dtype {x.dtype}")
-
-
-def _require(value: Any, trigger: Trigger) -> Any:
-    """Return ``value``, or explain that ``setup`` has to run first."""
-    if value is None:
-        raise RuntimeError(f"{type(trigger).__name__}.apply() needs setup() first (it builds the trigger)")
-    return value
 
 
 def _patch_pattern(pattern: str, size: int) -> Tensor:
@@ -55,34 +47,6 @@ def _stamp(x: Tensor, patch: Tensor) -> Tensor:
     out = x.clone()
     out[..., -h:, -w:] = patch.to(x)
     return out
-
-
-def _fingerprint(*parts: Any) -> str:
-    """SHA-256 over tensors, arrays and JSON-able values (cache keys)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, Tensor):
-            digest.update(str((part.dtype, tuple(part.shape))).encode())
-            digest.update(part.detach().cpu().contiguous().numpy())
-        else:
-            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
-
-
-def _init_weights(module: nn.Module, generator: torch.Generator) -> None:
-    """Re-initialise conv/linear layers from ``generator`` (never the global RNG)."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
-            if m.bias is not None:
-                bound = 1.0 / math.sqrt(m.weight[0].numel())
-                nn.init.uniform_(m.bias, -bound, bound, generator=generator)
-
-
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
-    """A seeded shuffle of ``range(n)`` cut into batches."""
-    order = torch.randperm(n, generator=generator)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def _subset(x: Tensor, y: Tensor, max_samples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
