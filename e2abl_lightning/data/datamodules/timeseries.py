@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from e2abl_lightning.data.datamodules.base import BackdoorDataModule, RawData
@@ -19,7 +20,8 @@ class UCRDataModule(BackdoorDataModule):
         dataset: archive name, e.g. ``"OSULeaf"`` or ``"BasicMotions"``.
         trigger: the time-series trigger.
         data_dir: a folder holding ``<dataset>_TRAIN/_TEST`` files (.ts/.tsv/.txt), used first.
-        cache_dir: where downloads of the real archive are cached.
+        cache_dir: where downloads of the real archive are cached; trained triggers (TSBA's
+            generator) are cached in its ``triggers`` subfolder.
         download: allow downloading the archive when no local, cached or bundled copy exists.
         (the remaining arguments: see :class:`BackdoorDataModule`)
     """
@@ -64,6 +66,9 @@ class UCRDataModule(BackdoorDataModule):
         self.data_dir = data_dir
         self.cache_dir_path = cache_dir
         self.download = download
+
+    def cache_dir(self) -> Path | None:
+        return Path(self.cache_dir_path).expanduser() / "triggers"
 
     def load_raw(self) -> RawData:
         s = load_ucr(self.dataset, self.data_dir, self.cache_dir_path, self.download)

@@ -12,7 +12,7 @@ import torch
 from e2abl_lightning.data.datamodules import UCRDataModule
 from e2abl_lightning.data.datamodules.base import stratified_split
 from e2abl_lightning.data.datasets import load_ucr
-from e2abl_lightning.data.triggers import PowerlineNoise, StaticPattern
+from e2abl_lightning.data.triggers import TSBA, PowerlineNoise, StaticPattern
 
 
 def assert_znormalised(x: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
@@ -318,3 +318,21 @@ def test_missing_dataset_offline_in_datamodule(tmp_path: Path) -> None:
 def test_bad_datamodule_arguments(tmp_path: Path, kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         make_dm(tmp_path, **kwargs)
+
+
+def test_trained_trigger_is_cached_under_the_datamodule_cache(tmp_path: Path) -> None:
+    """TSBA's generator is trained by the first run and loaded by the next one (same data, same seed)."""
+
+    def build() -> UCRDataModule:
+        trigger = TSBA(epochs=1, surrogate_epochs=1, batch_size=8, width=4, kernel_size=3)
+        dm = UCRDataModule("GunPoint", trigger, cache_dir=str(tmp_path), download=False)
+        dm.setup("fit")
+        return dm
+
+    first = build()
+    cached = sorted((tmp_path / "triggers").glob("tsba_*.pt"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    second = build()
+    assert cached[0].stat().st_mtime_ns == stamp, "the second run reuses the cached generator"
+    assert torch.equal(first.train_set.inputs, second.train_set.inputs)
