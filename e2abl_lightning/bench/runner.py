@@ -232,8 +232,11 @@ def plot_rate_curve(rows: list[dict[str, Any]], path: Path) -> None:
         axes[0][col].set_ylabel("ASR (%)")
         axes[1][col].set_ylabel("clean accuracy (%)")
         axes[1][col].set_xlabel("poison rate (%)")
+        ticks = sorted({100 * r["poison_rate"] for r in rows if r["dataset"] == dataset})
         for ax in axes[:, col]:
             ax.set_xscale("log")
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
             ax.grid(alpha=0.3)
     axes[0][0].legend()
     fig.tight_layout()
