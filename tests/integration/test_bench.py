@@ -92,4 +92,4 @@ def test_poisoning_timer_covers_every_fixed_trigger():
     x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     times = time_triggers(x, torch.zeros(64, dtype=torch.long), repeats=1)
     assert set(times) == set(FIXED_TRIGGERS)
-    assert all(0.0 < t < 60.0 for t in times.values())
+    assert all(t > 0.0 for t in times.values())

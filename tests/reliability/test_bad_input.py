@@ -37,13 +37,7 @@ from e2abl_lightning.models.baselines.abl import ABL
 from e2abl_lightning.models.e2abl import E2ABL
 from e2abl_lightning.report import ReportError, make_report
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _files(root: Path) -> set[str]:

@@ -21,13 +21,7 @@ from e2abl_lightning.data.datamodules import UCRDataModule
 from e2abl_lightning.data.triggers import StaticPattern
 from e2abl_lightning.models.e2abl import E2ABL
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _datamodule() -> UCRDataModule:

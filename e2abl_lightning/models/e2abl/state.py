@@ -192,9 +192,7 @@ class IsolationState(nn.Module):
             self.isolated.copy_(self.flagged)
         elif cfg.cleanse_scope == "target_split" and target >= 0:
             members = (self.given == target) & torch.isfinite(score[head])
-            self.isolated.copy_(
-                members & (torch.log(score[head].clamp(min=1e-12)) < otsu_threshold(score[head], members))
-            )
+            self.isolated.copy_(members & (log_score[head] < otsu_threshold(score[head], members)))
         elif target >= 0:
             self.isolated.copy_(self.flagged & (self.given == target))
         else:

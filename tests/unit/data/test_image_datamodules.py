@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +22,7 @@ from e2abl_lightning.data.datasets.images import DEBIAN_FASHION_MNIST, FASHION_M
 from e2abl_lightning.data.poison import ORACLE_KEYS
 from e2abl_lightning.data.triggers import SIG, BadNets, WaNet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small tensors: one thread avoids OpenMP spin-waits on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fake_raw(num_classes: int, n_train: int = 200, n_test: int = 80, channels: int = 3, size: int = 32) -> RawData:
