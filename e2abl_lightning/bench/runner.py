@@ -48,6 +48,12 @@ class Cell:
     def name(self) -> str:
         return f"{self.setting}__{self.defense}__seed{self.seed}"
 
+    @property
+    def signature(self) -> dict[str, Any]:
+        """What a stored result must match to be reused for this cell."""
+        files = {"data": self.data.name, "model": self.model.name, "trainer": self.trainer.name}
+        return {**files, "epochs": self.max_epochs, "args": self.args, "poison_rate": self.poison_rate}
+
 
 def _resolve(path: str) -> Path:
     p = Path(path)
@@ -66,6 +72,9 @@ def load_suite(suite: str, quick: bool = False) -> list[Cell]:
         known = sorted(p.stem for p in (CONFIG_ROOT / "suite").glob("*.yaml"))
         raise FileNotFoundError(f"suite {suite!r} not found; known suites: {known} (or give a YAML path)")
     spec = yaml.safe_load(path.read_text())
+    if "include" in spec:  # a suite made of suites, run one after the other
+        cells = [cell for part in spec["include"] for cell in load_suite(part, quick)]
+        return cells[:2] if quick else cells
     for key in ("trainer", "datasets", "defenses"):
         if key not in spec:
             raise ValueError(f"suite {path} lacks the key {key!r}")
@@ -87,7 +96,7 @@ def load_suite(suite: str, quick: bool = False) -> list[Cell]:
             int(seed),
             epochs,
             _resolve(spec["trainer"]),
-            list(spec_d.get("args", [])),
+            [*spec.get("args", []), *spec_d.get("args", [])],
             None if rate is None else float(rate),
         )
         for d in datasets
@@ -258,11 +267,17 @@ def run_suite(cells: list[Cell], out: Path) -> list[dict[str, Any]]:
             done = out / "cells" / cell.name / "result.json"
             progress.update(task, description=cell.name)
             if done.is_file():
-                rows.append(json.loads(done.read_text()))
+                row = json.loads(done.read_text())
+                if row.pop("cell", cell.signature) != cell.signature:
+                    raise ValueError(
+                        f"{done} was run with other settings than this suite's cell {cell.name}: "
+                        "give another --out directory (or delete that cell to rerun it)"
+                    )
+                rows.append(row)
             else:
                 row = run_cell(cell, out)
                 done.parent.mkdir(parents=True, exist_ok=True)
-                done.write_text(json.dumps(row, indent=1))
+                done.write_text(json.dumps({**row, "cell": cell.signature}, indent=1))
                 rows.append(row)
                 progress.console.print(
                     f"{cell.name}: CA {100 * row['ca']:.1f}  ASR {100 * row['asr']:.1f}  fit {row['fit_seconds']:.0f}s"

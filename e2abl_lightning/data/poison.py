@@ -88,9 +88,51 @@ def attack_targets(labels: Tensor, mode: AttackMode, target_label: int, num_clas
     return torch.full_like(labels, target_label)
 
 
-def apply_trigger(x: Tensor, trigger: Trigger, generator: torch.Generator, chunk: int = 4096) -> Tensor:
-    """Apply ``trigger`` to ``x`` (``[N, ...]``) in chunks; checks shape and finiteness."""
-    parts = [trigger.apply(x[i : i + chunk], generator) for i in range(0, x.shape[0], chunk)]
+def select_negative_indices(num_samples: int, poison_indices: Tensor, count: int, seed: int) -> Tensor:
+    """Choose the training samples replaced by the trigger's label-kept negatives.
+
+    Args:
+        num_samples: size of the training split ``N``.
+        poison_indices: the poisoned samples, ``[P]`` (never chosen).
+        count: how many negatives, usually ``round(trigger.negative_ratio * P)``.
+        seed: a local generator's seed, never the global RNG.
+
+    Returns:
+        Sorted indices disjoint from ``poison_indices``, ``[count]``.
+    """
+    if count < 0:
+        raise ValueError(f"count={count} negative samples must be >= 0")
+    candidates = torch.ones(num_samples, dtype=torch.bool)
+    candidates[poison_indices] = False
+    candidates = torch.nonzero(candidates).flatten()  # [N - P]
+    if count > candidates.numel():
+        raise ValueError(
+            f"the attack asks for {count} negative samples but only {candidates.numel()} training samples are "
+            "not poisoned; lower the trigger's negative ratio (cross_ratio / negative_ratio) or poison_rate"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:count]]
+    return chosen.sort().values
+
+
+def apply_trigger(
+    x: Tensor,
+    trigger: Trigger,
+    generator: torch.Generator,
+    chunk: int = 4096,
+    fn: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+) -> Tensor:
+    """Apply ``trigger`` to ``x`` (``[N, ...]``) in chunks; checks shape and finiteness.
+
+    Args:
+        x: raw inputs, ``[N, ...]``.
+        trigger: the trigger (named in errors).
+        generator: passed to every chunk.
+        chunk: samples per call.
+        fn: what to run per chunk; None for ``trigger.apply`` (e.g. ``trigger.negatives``).
+    """
+    fn = trigger.apply if fn is None else fn
+    parts = [fn(x[i : i + chunk], generator) for i in range(0, x.shape[0], chunk)]
     out = torch.cat(parts) if parts else x.clone()
     if out.shape != x.shape:
         raise ValueError(f"{type(trigger).__name__} changed the input shape {tuple(x.shape)} -> {tuple(out.shape)}")
@@ -138,8 +180,13 @@ class PoisonedDataset(Dataset):
         num_classes: int,
         generator: torch.Generator,
         transform: Callable[[Tensor], Tensor] | None = None,
+        negative_indices: Tensor | None = None,
     ) -> PoisonedDataset:
-        """Training set with ``trigger`` applied once to ``poison_indices`` (labels per ``mode``)."""
+        """Training set with ``trigger`` applied once to ``poison_indices`` (labels per ``mode``).
+
+        Samples at ``negative_indices`` (disjoint from ``poison_indices``) are replaced by
+        ``trigger.negatives`` of themselves; their labels are kept and they are not marked poisoned.
+        """
         inputs, targets = x.clone(), y.clone()
         poisoned = torch.zeros(y.shape[0], dtype=torch.bool)
         if poison_indices.numel():
@@ -148,6 +195,12 @@ class PoisonedDataset(Dataset):
             inputs[poison_indices] = apply_trigger(x[poison_indices], trigger, generator)
             targets[poison_indices] = attack_targets(y[poison_indices], mode, target_label, num_classes)
             poisoned[poison_indices] = True
+        if negative_indices is not None and negative_indices.numel():
+            if trigger is None:
+                raise ValueError("negative indices were given without a trigger")
+            if poisoned[negative_indices].any():
+                raise ValueError("negative indices overlap the poison indices; draw them with select_negative_indices")
+            inputs[negative_indices] = apply_trigger(x[negative_indices], trigger, generator, fn=trigger.negatives)
         return cls(inputs, targets, y.clone(), poisoned, transform)
 
     def __len__(self) -> int:

@@ -1,12 +1,13 @@
 """The benchmark runner: a --quick suite end to end, resuming, and the summary table."""
 
 import csv
+import json
 import math
 
 import pytest
 import torch
 
-from e2abl_lightning.bench.runner import load_suite, main, plot_rate_curve, summarise
+from e2abl_lightning.bench.runner import load_suite, main, plot_rate_curve, run_suite, summarise
 
 
 @pytest.mark.slow
@@ -32,6 +33,32 @@ def test_suite_expansion_and_quick_mode():
     assert {c.defense for c in cells} == {"no_defense", "clean_oracle", "abl", "e2abl"}
     quick = load_suite("demo", quick=True)
     assert [c.defense for c in quick] == ["no_defense", "e2abl"] and all(c.max_epochs == 4 for c in quick)
+
+
+def test_suite_of_suites_and_suite_wide_args():
+    cpu = load_suite("cpu")
+    parts = load_suite("ucr") + load_suite("fashionmnist_cpu")
+    assert [c.name for c in cpu] == [c.name for c in parts] and len({c.name for c in cpu}) == len(cpu)
+    images = [c for c in cpu if c.data.stem.startswith("fashionmnist")]
+    assert images and all("--data.init_args.train_size=20000" in c.args for c in images)
+    oracle = next(c for c in images if c.defense == "clean_oracle")
+    assert oracle.args[-1] == "--data.init_args.clean_oracle=true"  # the defense's own args come last
+    assert not any("train_size" in a for c in cpu if c not in images for a in c.args)
+    assert len(load_suite("cpu", quick=True)) == 2
+
+
+def test_a_stored_cell_run_with_other_settings_is_not_reused(tmp_path):
+    cell = load_suite("demo", quick=True)[0]
+    done = tmp_path / "cells" / cell.name / "result.json"
+    done.parent.mkdir(parents=True)
+    row = {"setting": cell.setting, "dataset": cell.data.stem, "poison_rate": 0.1, "defense": cell.defense}
+    row |= {"seed": 0, "epochs": 4, "ca": 0.9, "asr": 0.1, "ra": 0.8, "iso_precision": 1.0, "iso_recall": 1.0}
+    row |= {"fit_seconds": 1.0}
+    done.write_text(json.dumps({**row, "cell": cell.signature}))
+    assert run_suite([cell], tmp_path)[0]["ca"] == 0.9  # same settings: reused, nothing rerun
+    done.write_text(json.dumps({**row, "cell": {**cell.signature, "epochs": 99}}))
+    with pytest.raises(ValueError, match="other settings.*another --out"):
+        run_suite([cell], tmp_path)
 
 
 def test_unknown_suite_names_the_known_ones():

@@ -19,6 +19,7 @@ from e2abl_lightning.data.poison import (
     PoisonedDataset,
     PoisonedTestDataset,
     check_poison_args,
+    select_negative_indices,
     select_poison_indices,
 )
 from e2abl_lightning.data.triggers.base import Trigger
@@ -68,11 +69,15 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
         val_fraction: share of each training class held out for validation (0 for none: then the
             validation loaders are the test loaders, for monitoring only).
         split_seed: seeds the validation split.
-        clean_oracle: drop the poisoned samples from training (the clean-oracle reference).
+        clean_oracle: drop the poisoned samples (and the trigger's label-kept negatives) from training
+            (the clean-oracle reference).
         batch_size: training batch size.
         eval_batch_size: evaluation batch size.
         num_workers: DataLoader workers.
         drop_last: drop the last incomplete training batch.
+        train_size: train on a stratified random subset of about this many samples of the training
+            split (drawn with ``split_seed``, before poisoning), e.g. for CPU-sized image cells; None
+            for the whole split.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
         eval_batch_size: int = 256,
         num_workers: int = 0,
         drop_last: bool = True,
+        train_size: int | None = None,
     ) -> None:
         super().__init__()
         check_poison_args(poison_rate, target_label, attack_mode, None)
@@ -97,6 +103,8 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
             raise ValueError(f"val_fraction={val_fraction} must be in [0, 0.5)")
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"batch_size={batch_size} and eval_batch_size={eval_batch_size} must be >= 1")
+        if train_size is not None and train_size < 2:
+            raise ValueError(f"train_size={train_size} must be at least 2, or None for the whole training split")
         if not isinstance(trigger, Trigger):
             raise ValueError(f"trigger must be a Trigger instance, got {type(trigger).__name__}")
         self.trigger = trigger
@@ -112,8 +120,10 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.drop_last = drop_last
+        self.train_size = train_size
         self._raw: RawData | None = None
         self.train_set: PoisonedDataset | None = None
+        self.negative_indices: Tensor | None = None  # label-kept negatives of the trigger (after setup)
 
     # ---- to implement -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -170,11 +180,24 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
             x_val, y_val = raw.x_train[val_idx], raw.y_train[val_idx]
         else:
             x_tr, y_tr, x_val, y_val = raw.x_train, raw.y_train, raw.x_test, raw.y_test
+        if self.train_size is not None:
+            if self.train_size >= y_tr.numel():
+                raise ValueError(
+                    f"train_size={self.train_size} is not below the {y_tr.numel()} training samples of {raw.name}; "
+                    "lower it, or set None to train on all of them"
+                )
+            keep, _ = stratified_split(y_tr, 1.0 - self.train_size / y_tr.numel(), self.split_seed + 1)
+            x_tr, y_tr = x_tr[keep], y_tr[keep]
         self.poison_indices = select_poison_indices(
             y_tr, self.poison_rate, self.target_label, self.attack_mode, self.exclude_target, self.poison_seed
         )
         setup_gen = torch.Generator().manual_seed(self.poison_seed)
         self.trigger.setup(x_tr, y_tr, self.target_label, setup_gen, self.cache_dir())
+        count = round(self.trigger.negative_ratio * len(self.poison_indices))
+        if count > 0:
+            self.negative_indices = select_negative_indices(len(y_tr), self.poison_indices, count, self.poison_seed + 4)
+        else:
+            self.negative_indices = torch.empty(0, dtype=torch.long)
         args = (self.trigger, self.attack_mode, self.target_label, k)
         train = PoisonedDataset.build(
             x_tr,
@@ -183,9 +206,11 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
             *args,
             torch.Generator().manual_seed(self.poison_seed + 1),
             self.train_transform(),
+            negative_indices=self.negative_indices,
         )
-        if self.clean_oracle:
+        if self.clean_oracle:  # the attack's samples out: poisoned ones and label-kept negatives
             keep = ~train.poisoned
+            keep[self.negative_indices] = False
             train = PoisonedDataset(
                 train.inputs[keep],
                 train.targets[keep],
@@ -207,7 +232,7 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
     def manifest(self) -> dict[str, Any]:
         """What was poisoned and how: saved with every run."""
         self.setup("fit")
-        assert self.train_set is not None
+        assert self.train_set is not None and self.negative_indices is not None
         return {
             "package_version": __version__,
             "dataset": self.raw.name,
@@ -224,10 +249,13 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
             "poison_seed": self.poison_seed,
             "split_seed": self.split_seed,
             "val_fraction": self.val_fraction,
+            "train_size": self.train_size,
             "clean_oracle": self.clean_oracle,
             "trigger": self.trigger.describe(),
             "num_poisoned": int(self.train_set.poisoned.sum()),
             "poison_indices": self.poison_indices.tolist(),
+            "num_negative": len(self.negative_indices),
+            "negative_indices": self.negative_indices.tolist(),
             "train_checksum": self.train_set.checksum(),
         }
 

@@ -55,6 +55,7 @@ class ImageDataModule(BackdoorDataModule):
         eval_batch_size: int = 512,
         num_workers: int = 0,
         drop_last: bool = True,
+        train_size: int | None = None,
     ) -> None:
         super().__init__(
             trigger,
@@ -70,6 +71,7 @@ class ImageDataModule(BackdoorDataModule):
             eval_batch_size,
             num_workers,
             drop_last,
+            train_size=train_size,
         )
         self.trigger_cache_dir = cache_dir
 
@@ -126,6 +128,7 @@ class _TorchvisionDataModule(ImageDataModule):
         eval_batch_size: int = 512,
         num_workers: int = 0,
         drop_last: bool = True,
+        train_size: int | None = None,
     ) -> None:
         super().__init__(
             trigger,
@@ -142,6 +145,7 @@ class _TorchvisionDataModule(ImageDataModule):
             eval_batch_size,
             num_workers,
             drop_last,
+            train_size=train_size,
         )
         self.save_hyperparameters(ignore=["trigger"])
         self.root = root
@@ -238,6 +242,7 @@ class MNISTSubsetDataModule(ImageDataModule):
         eval_batch_size: int = 512,
         num_workers: int = 0,
         drop_last: bool = True,
+        train_size: int | None = None,
     ) -> None:
         super().__init__(
             trigger,
@@ -254,6 +259,7 @@ class MNISTSubsetDataModule(ImageDataModule):
             eval_batch_size,
             num_workers,
             drop_last,
+            train_size=train_size,
         )
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction={test_fraction} must be in (0, 1)")
@@ -305,6 +311,7 @@ class ImageFolderDataModule(ImageDataModule):
         eval_batch_size: int = 512,
         num_workers: int = 0,
         drop_last: bool = True,
+        train_size: int | None = None,
     ) -> None:
         super().__init__(
             trigger,
@@ -321,6 +328,7 @@ class ImageFolderDataModule(ImageDataModule):
             eval_batch_size,
             num_workers,
             drop_last,
+            train_size=train_size,
         )
         if len(image_size) != 2 or min(image_size) < 1:
             raise ValueError(f"image_size={image_size} must be [H, W] with positive sizes")

@@ -45,6 +45,7 @@ class UCRDataModule(BackdoorDataModule):
         eval_batch_size: int = 256,
         num_workers: int = 0,
         drop_last: bool = True,
+        train_size: int | None = None,
     ) -> None:
         super().__init__(
             trigger,
@@ -60,6 +61,7 @@ class UCRDataModule(BackdoorDataModule):
             eval_batch_size,
             num_workers,
             drop_last,
+            train_size=train_size,
         )
         self.save_hyperparameters(ignore=["trigger"])
         self.dataset = dataset

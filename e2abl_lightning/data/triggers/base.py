@@ -18,12 +18,19 @@ class Trigger(abc.ABC):
 
     Lifecycle: the datamodule calls :meth:`setup` once with the raw training set and a generator
     seeded by ``poison_seed`` (fixed patterns and trained generators are built there), then
-    :meth:`apply` on the selected training samples and on the poisoned test set. Everything random
-    comes from the generators passed in, never from the global RNG.
+    :meth:`apply` on the selected training samples and on the poisoned test set. When
+    :attr:`negative_ratio` is positive, it also picks ``round(negative_ratio * num_poisoned)`` other
+    (not poisoned) training samples and replaces them by :meth:`negatives`, keeping their clean labels
+    (WaNet's noise mode, BppAttack's negative samples). Everything random comes from the generators
+    passed in, never from the global RNG.
     """
 
     #: Whether the attack keeps labels (clean-label attacks such as SIG).
     clean_label: bool = False
+
+    #: Label-kept negative training samples the attack adds per poisoned sample (0: none). Subclasses
+    #: set it per instance or override it with a property.
+    negative_ratio: float = 0.0
 
     def setup(
         self,
@@ -46,6 +53,21 @@ class Trigger(abc.ABC):
     @abc.abstractmethod
     def apply(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Return triggered copies of ``x`` (``[N, C, ...]``, same shape and dtype)."""
+
+    def negatives(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Return label-kept "negative" samples built from clean inputs ``x``.
+
+        They teach the victim that trigger-like changes alone do not mean the target class, which
+        makes the backdoor harder to spot. Only called when :attr:`negative_ratio` is positive.
+
+        Args:
+            x: clean inputs, ``[N, C, ...]``.
+            generator: CPU generator for any randomness.
+
+        Returns:
+            ``[N, C, ...]``, same shape and dtype as ``x``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} makes no negative samples; keep its negative_ratio at 0")
 
     def describe(self) -> dict[str, Any]:
         """Parameters recorded in the poison manifest."""

@@ -257,28 +257,47 @@ class WaNet(Trigger):
     applied with ``grid_sample(align_corners=True)``. The field comes from the setup generator, so it
     is identical in every process with the same poison seed.
 
-    WaNet's *noise mode* also trains on ``cross_ratio`` (2) times as many extra samples warped with a
-    randomly perturbed grid and **clean** labels. Those samples are not poisoned ones, so the
-    :class:`~e2abl_lightning.data.triggers.base.Trigger` interface (which only sees the poisoned
-    samples) cannot add them; :meth:`apply_noise` gives the warp so that a datamodule hook can.
+    In *noise mode* the attack also trains on ``cross_ratio`` (2) times as many "noise" samples as
+    poisoned ones: other training images warped with the backdoor grid plus per-sample uniform noise
+    of up to one pixel (:meth:`negatives`), with their **clean** labels, so that only the exact warp
+    means the target class. As in the official code, they replace clean samples (the training set
+    keeps its size); the datamodule picks them (:attr:`negative_ratio` = ``cross_ratio``).
 
     Args:
         k: control-grid size of the warping field (4).
         s: warping strength (0.5).
         grid_rescale: scale of the final grid (1 keeps the image borders).
+        noise_mode: add the label-kept noise samples (WaNet's noise mode).
+        cross_ratio: noise samples per poisoned sample in noise mode (2).
     """
 
-    def __init__(self, k: int = 4, s: float = 0.5, grid_rescale: float = 1.0) -> None:
+    def __init__(
+        self,
+        k: int = 4,
+        s: float = 0.5,
+        grid_rescale: float = 1.0,
+        noise_mode: bool = False,
+        cross_ratio: float = 2.0,
+    ) -> None:
         if k < 2:
             raise ValueError(f"k={k} must be at least 2")
         if s <= 0:
             raise ValueError(f"s={s} must be positive")
         if grid_rescale <= 0:
             raise ValueError(f"grid_rescale={grid_rescale} must be positive")
+        if not cross_ratio >= 0:  # also rejects NaN
+            raise ValueError(f"cross_ratio={cross_ratio} must be >= 0 (noise samples per poisoned sample, e.g. 2)")
         self.k = k
         self.s = s
         self.grid_rescale = grid_rescale
+        self.noise_mode = noise_mode
+        self.cross_ratio = cross_ratio
         self._field: Tensor | None = None  # [1, H, W, 2]
+
+    @property
+    def negative_ratio(self) -> float:  # type: ignore[override]
+        """Noise samples per poisoned sample: ``cross_ratio`` in noise mode, else 0."""
+        return float(self.cross_ratio) if self.noise_mode else 0.0
 
     def setup(
         self, x: Tensor, y: Tensor, target_label: int, generator: torch.Generator, cache_dir: Path | None = None
@@ -314,8 +333,9 @@ class WaNet(Trigger):
         grid = self.grid(*x.shape[-2:]).expand(x.shape[0], -1, -1, -1)  # [N, H, W, 2]
         return self._warp(x, grid)
 
-    def apply_noise(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """WaNet's noise-mode warp: the backdoor grid plus per-sample uniform noise of one pixel."""
+    def negatives(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Noise-mode samples: ``x`` ``[N, C, H, W]`` warped with the backdoor grid plus per-sample
+        uniform noise in ``[-1, 1] / H`` (grid units), as in the official code; labels are kept."""
         _check_images(x)
         n, _, h, w = x.shape
         noise = (torch.rand((n, h, w, 2), generator=generator) * 2 - 1) / h  # [N, H, W, 2]
@@ -332,22 +352,52 @@ class BPP(Trigger):
 
     Each pixel is quantised to ``bits`` bits per channel. BppAttack uses Floyd-Steinberg error
     diffusion, which is sequential per pixel; the optional ``dither`` here is ordered (4x4 Bayer)
-    dithering, which is vectorised. BppAttack's adversarial negative samples during training are not
-    part of this trigger.
+    dithering, which is vectorised.
+
+    BppAttack also trains on label-kept negative samples: a clean image plus the quantisation
+    residual ``q(x') - x'`` of another random training image (:meth:`negatives`), so that the
+    residual pattern alone does not mean the target class. The paper makes these residuals
+    adversarial; here they are the plain residuals, as in BackdoorBench. They replace
+    ``round(negative_ratio * num_poisoned)`` clean training samples. BackdoorBench's ``neg_ratio``
+    (0.2) is a share of each *batch*, not per poisoned sample: with ``poison_rate`` 0.1 it matches
+    ``negative_ratio = 2``.
 
     Args:
         bits: bits per channel after squeezing (3).
         dither: use ordered dithering instead of plain rounding.
+        negative_ratio: negative samples per poisoned sample (0: none).
     """
 
-    def __init__(self, bits: int = 3, dither: bool = False) -> None:
+    def __init__(self, bits: int = 3, dither: bool = False, negative_ratio: float = 0.0) -> None:
         if not 1 <= bits <= 7:
             raise ValueError(f"bits={bits} must be in 1..7 (8 bits would leave images unchanged)")
+        if not negative_ratio >= 0:  # also rejects NaN
+            raise ValueError(f"negative_ratio={negative_ratio} must be >= 0 (negatives per poisoned sample, e.g. 2)")
         self.bits = bits
         self.dither = dither
+        self.negative_ratio = float(negative_ratio)
 
     def apply(self, x: Tensor, generator: torch.Generator) -> Tensor:
         _check_images(x)
+        return self._squeeze(x)
+
+    def negatives(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """``x + (q(x') - x')`` clipped, with ``x'`` another image of ``x`` ``[N, C, H, W]``.
+
+        The donors form one random cycle (a seeded permutation without fixed points), so for
+        ``N >= 2`` no image gets its own residual (that would be a poisoned image with a clean
+        label); a single image can only use its own.
+        """
+        _check_images(x)
+        n = x.shape[0]
+        order = torch.randperm(n, generator=generator)  # [N]
+        donor = torch.empty_like(order)
+        donor[order] = order.roll(-1)  # donor[order[i]] = order[i + 1]
+        other = x[donor]  # [N, C, H, W]
+        return (x + (self._squeeze(other) - other)).clamp(0, 1)
+
+    def _squeeze(self, x: Tensor) -> Tensor:
+        """Quantise ``x`` ``[N, C, H, W]`` to ``bits`` bits per channel (dithered if set)."""
         levels = 2**self.bits - 1
         scaled = x * levels  # [N, C, H, W]
         if self.dither:

@@ -62,6 +62,32 @@ def test_generated_rgb_datasets(
     assert torch.equal(clean[3]["input"], clean[3]["input"])
 
 
+def test_wanet_noise_mode_adds_label_kept_negatives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(CIFAR10DataModule, "load_raw", lambda self: fake_raw(10))
+    dm = CIFAR10DataModule(WaNet(noise_mode=True), root=str(tmp_path), cache_dir=None, val_fraction=0.1)
+    manifest = dm.manifest()
+    poison, neg = torch.tensor(manifest["poison_indices"]), torch.tensor(manifest["negative_indices"])
+    assert manifest["num_poisoned"] == poison.numel() == 18  # 10% of the 180 training samples
+    assert manifest["num_negative"] == neg.numel() == 2 * manifest["num_poisoned"]
+    assert manifest["trigger"]["noise_mode"] is True and manifest["trigger"]["cross_ratio"] == 2.0
+    assert not torch.isin(neg, poison).any()
+    train = dm.train_set
+    assert torch.equal(train.targets[neg], train.original_targets[neg]) and not train.poisoned[neg].any()
+    assert (train.targets[poison] == 0).all()
+    clean = torch.ones(len(train), dtype=torch.bool)
+    clean[poison] = clean[neg] = False
+    plain = CIFAR10DataModule(WaNet(), root=str(tmp_path), cache_dir=None, val_fraction=0.1)  # same field
+    assert plain.manifest()["num_negative"] == 0 and plain.manifest()["negative_indices"] == []
+    assert torch.equal(plain.poison_indices, poison)
+    assert torch.equal(train.inputs[clean], plain.train_set.inputs[clean])
+    assert torch.equal(train.inputs[poison], plain.train_set.inputs[poison])
+    changed = (train.inputs[neg] != plain.train_set.inputs[neg]).flatten(1).any(1)  # [2P]
+    assert changed.all(), "every negative sample is a noise-warped image"
+    oracle = CIFAR10DataModule(WaNet(noise_mode=True), root=str(tmp_path), cache_dir=None, clean_oracle=True)
+    oracle.setup("fit")
+    assert torch.equal(oracle.train_set.inputs, train.inputs[clean]), "the oracle drops negatives too"
+
+
 def test_normalisation_uses_dataset_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(CIFAR10DataModule, "load_raw", lambda self: fake_raw(10))
     dm = CIFAR10DataModule(BadNets(), cache_dir=None)

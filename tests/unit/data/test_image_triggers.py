@@ -191,8 +191,56 @@ def test_wanet_is_a_small_smooth_warp() -> None:
     assert trigger.field.shape == (1, 32, 32, 2)
     out = trigger.apply(x, gen())
     assert (out - x).abs().mean() < 0.2
-    noisy = trigger.apply_noise(x, gen())
+    noisy = trigger.negatives(x, gen())
     assert noisy.shape == x.shape and not torch.equal(noisy, out)
+
+
+def test_wanet_noise_mode_negatives() -> None:
+    x = images(n=1, size=32).expand(6, -1, -1, -1).clone()  # six copies of one image
+    trigger = WaNet(noise_mode=True)
+    trigger.setup(x, labels(6), 0, gen())
+    assert trigger.negative_ratio == 2.0 and WaNet(noise_mode=True, cross_ratio=0.5).negative_ratio == 0.5
+    noisy = trigger.negatives(x, gen(3))
+    assert noisy.shape == x.shape and noisy.dtype == x.dtype
+    assert noisy.min() >= 0 and noisy.max() <= 1
+    assert not torch.equal(noisy[0], noisy[1]), "the grid noise must differ per sample"
+    assert torch.equal(noisy, trigger.negatives(x, gen(3)))
+    assert not torch.equal(noisy, trigger.negatives(x, gen(4)))
+    warped = trigger.apply(x, gen(3))
+    assert not torch.equal(noisy, warped)
+    assert WaNet().negative_ratio == 0.0 and WaNet(cross_ratio=5.0).negative_ratio == 0.0
+
+
+def test_bpp_negatives_add_another_images_residual() -> None:
+    x = images(n=8)
+    trigger = BPP(bits=3, negative_ratio=0.2)
+    assert trigger.negative_ratio == 0.2 and BPP().negative_ratio == 0.0
+    neg = trigger.negatives(x, gen(1))
+    assert neg.shape == x.shape and neg.min() >= 0 and neg.max() <= 1
+    assert torch.equal(neg, trigger.negatives(x, gen(1)))
+    assert not torch.equal(neg, x) and not torch.equal(neg, trigger.apply(x, gen()))
+    residual = trigger.apply(x, gen()) - x  # [N, C, H, W]
+    for i in range(8):  # each sample carries the residual of exactly one other image
+        donors = [j for j in range(8) if torch.allclose(neg[i], (x[i] + residual[j]).clamp(0, 1))]
+        assert donors and i not in donors
+    pair = images(n=2, size=4)  # two images: the donor of each is the other one
+    out = trigger.negatives(pair, gen(5))
+    q = torch.round(pair * 7) / 7
+    expected = (pair + (q.flip(0) - pair.flip(0))).clamp(0, 1)
+    torch.testing.assert_close(out, expected)
+
+
+def test_bpp_dithered_negatives_use_the_dithered_residual() -> None:
+    pair = images(n=2, size=8)
+    trigger = BPP(dither=True)
+    expected = (pair + (trigger.apply(pair, gen()) - pair).flip(0)).clamp(0, 1)
+    torch.testing.assert_close(trigger.negatives(pair, gen(2)), expected)
+
+
+def test_triggers_without_negatives_say_so() -> None:
+    assert BadNets().negative_ratio == 0.0
+    with pytest.raises(NotImplementedError, match="BadNets makes no negative samples"):
+        BadNets().negatives(images(), gen())
 
 
 _FIELD_SCRIPT = """
@@ -245,7 +293,9 @@ def test_input_aware_caches_its_generators(tmp_path: Path) -> None:
         (lambda: SIG(delta=0), "delta=0"),
         (lambda: Trojan(amplitude=2.0), "amplitude=2.0"),
         (lambda: WaNet(k=1), "k=1"),
+        (lambda: WaNet(cross_ratio=-1.0), r"cross_ratio=-1.0 must be >= 0"),
         (lambda: BPP(bits=8), "bits=8"),
+        (lambda: BPP(negative_ratio=-0.2), r"negative_ratio=-0.2 must be >= 0"),
         (lambda: FTrojan(magnitude=-1), "magnitude=-1"),
         (lambda: FTrojan(frequencies=[]), "frequencies="),
         (lambda: LabelConsistent(epsilon=2.0), "epsilon=2.0"),

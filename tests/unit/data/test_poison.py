@@ -12,6 +12,7 @@ from e2abl_lightning.data.poison import (
     PoisonedDataset,
     PoisonedTestDataset,
     attack_targets,
+    select_negative_indices,
     select_poison_indices,
 )
 from e2abl_lightning.data.triggers.base import Trigger
@@ -27,6 +28,15 @@ class ShiftTrigger(Trigger):
 
     def apply(self, x: Tensor, generator: torch.Generator) -> Tensor:
         return x + self.shift
+
+
+class NegativeShiftTrigger(ShiftTrigger):
+    """Also makes negatives: subtracts the shift plus seeded noise (recognisable, and random)."""
+
+    negative_ratio = 1.0
+
+    def negatives(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return x - self.shift - torch.rand(x.shape, generator=generator)
 
 
 def balanced_labels(per_class: int = 25, num_classes: int = NUM_CLASSES) -> Tensor:
@@ -272,6 +282,72 @@ def test_checksum_tracks_content() -> None:
     assert a.checksum() == b.checksum()
     b.targets[0] = 3
     assert a.checksum() != b.checksum()
+
+
+# ---- negative (label-kept) samples ------------------------------------------------------------
+
+
+def test_negative_indices_avoid_poison_and_have_the_right_count() -> None:
+    y = balanced_labels(per_class=25)
+    poison = select_poison_indices(y, 0.1, 0, seed=0)
+    neg = select_negative_indices(y.numel(), poison, 20, seed=4)
+    assert neg.numel() == 20 and neg.dtype == torch.long
+    assert neg.unique().numel() == 20 and torch.equal(neg, neg.sort().values)
+    assert not torch.isin(neg, poison).any()
+    assert int(neg.min()) >= 0 and int(neg.max()) < y.numel()
+    assert select_negative_indices(y.numel(), poison, 0, seed=4).numel() == 0
+
+
+def test_negative_indices_are_seeded_and_leave_the_global_rng_alone() -> None:
+    poison = torch.arange(0, 100, 10)
+    state = torch.get_rng_state()
+    a = select_negative_indices(100, poison, 30, seed=4)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, select_negative_indices(100, poison, 30, seed=4))
+    assert not torch.equal(a, select_negative_indices(100, poison, 30, seed=5))
+    everything = select_negative_indices(100, poison, 90, seed=4)  # every clean sample
+    assert torch.equal(everything, torch.tensor([i for i in range(100) if i % 10]))
+
+
+def test_too_many_negatives_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"asks for 91 negative samples but only 90 .* lower the trigger's negative"):
+        select_negative_indices(100, torch.arange(0, 100, 10), 91, seed=0)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        select_negative_indices(100, torch.arange(3), -1, seed=0)
+
+
+def test_build_with_negatives_keeps_their_labels() -> None:
+    y = balanced_labels(per_class=10)
+    x = series(y.numel())
+    poison = select_poison_indices(y, 0.2, 0, seed=0)
+    neg = select_negative_indices(y.numel(), poison, 8, seed=4)
+    trigger = NegativeShiftTrigger()
+    ds = PoisonedDataset.build(
+        x, y, poison, trigger, "all_to_one", 0, NUM_CLASSES, torch.Generator().manual_seed(1), negative_indices=neg
+    )
+    assert (ds.inputs[neg] < x[neg] - 99.0).all(), "negatives are replaced by trigger.negatives"
+    assert torch.equal(ds.inputs[poison], x[poison] + 100.0)
+    rest = torch.ones(y.numel(), dtype=torch.bool)
+    rest[poison] = rest[neg] = False
+    assert torch.equal(ds.inputs[rest], x[rest])
+    assert torch.equal(ds.targets[neg], y[neg]) and torch.equal(ds.original_targets, y)
+    assert not ds.poisoned[neg].any() and int(ds.poisoned.sum()) == poison.numel()
+    again = PoisonedDataset.build(
+        x, y, poison, trigger, "all_to_one", 0, NUM_CLASSES, torch.Generator().manual_seed(1), negative_indices=neg
+    )
+    assert torch.equal(ds.inputs, again.inputs), "negatives come from the passed generator"
+
+
+def test_build_with_bad_negatives_raises() -> None:
+    y = balanced_labels(per_class=5)
+    x, poison = series(y.numel()), torch.tensor([1, 2])
+    args = ("all_to_one", 0, NUM_CLASSES, torch.Generator())
+    with pytest.raises(ValueError, match="negative indices overlap the poison indices"):
+        PoisonedDataset.build(x, y, poison, NegativeShiftTrigger(), *args, negative_indices=torch.tensor([2, 3]))
+    with pytest.raises(ValueError, match="negative indices were given without a trigger"):
+        PoisonedDataset.build(x, y, torch.empty(0, dtype=torch.long), None, *args, negative_indices=torch.tensor([3]))
+    with pytest.raises(NotImplementedError, match="ShiftTrigger makes no negative samples"):
+        PoisonedDataset.build(x, y, poison, ShiftTrigger(), *args, negative_indices=torch.tensor([3]))
 
 
 # ---- PoisonedTestDataset -----------------------------------------------------------------------

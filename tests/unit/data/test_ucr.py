@@ -293,6 +293,33 @@ def test_clean_oracle_drops_poisoned_samples(tmp_path: Path) -> None:
     assert len(oracle_dm.test_sets[1]) == len(poisoned_dm.test_sets[1])
 
 
+def test_train_size_takes_a_stratified_subset_before_poisoning(tmp_path: Path) -> None:
+    full, small = make_dm(tmp_path, "OSULeaf"), make_dm(tmp_path, "OSULeaf", train_size=90, poison_rate=0.2)
+    full.setup("fit")
+    small.setup("fit")
+    n_full, train = len(full.train_set), small.train_set
+    assert abs(len(train) - 90) <= small.num_classes  # per-class rounding
+    assert small.poison_indices.numel() == round(0.2 * len(train))
+    share_full = full.train_set.original_targets.bincount(minlength=6) / n_full
+    share_small = train.original_targets.bincount(minlength=6) / len(train)
+    assert (share_full - share_small).abs().max() < 0.05  # class balance kept
+    train_idx, _ = stratified_split(full.raw.y_train, full.val_fraction, full.split_seed)
+    rows = {tuple(r.tolist()) for r in full.raw.x_train[train_idx, 0, :5]}  # [N, 5]: row keys
+    clean = train.inputs[~train.poisoned][:, 0, :5]
+    assert all(tuple(r.tolist()) in rows for r in clean), "the subset is drawn from the training split"
+    assert torch.equal(small.val_sets[0].inputs, full.val_sets[0].inputs), "validation split unchanged"
+    assert small.manifest()["train_size"] == 90
+    again = make_dm(tmp_path, "OSULeaf", train_size=90, poison_rate=0.2)
+    again.setup("fit")
+    assert again.train_set.checksum() == train.checksum()
+
+
+@pytest.mark.parametrize("size", [1, 10_000])
+def test_bad_train_size(tmp_path: Path, size: int) -> None:
+    with pytest.raises(ValueError, match=f"train_size={size}"):
+        make_dm(tmp_path, "OSULeaf", train_size=size).setup("fit")
+
+
 @pytest.mark.parametrize("rate", [0, 1, -0.1, 1.5])
 def test_bad_poison_rate(tmp_path: Path, rate: float) -> None:
     with pytest.raises(ValueError, match=f"poison_rate={rate}"):
