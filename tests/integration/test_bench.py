@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+import yaml
 
-from e2abl_lightning.bench.runner import load_suite, main, plot_rate_curve, run_suite, summarise
+from e2abl_lightning.bench.runner import load_suite, main, plot_rate_curve, run_cell, run_suite, summarise
 
 
 @pytest.mark.slow
@@ -120,3 +121,83 @@ def test_poisoning_timer_covers_every_fixed_trigger():
     times = time_triggers(x, torch.zeros(64, dtype=torch.long), repeats=1)
     assert set(times) == set(FIXED_TRIGGERS)
     assert all(t > 0.0 for t in times.values())
+
+
+IMAGE_ATTACKS = {"badnets", "blend", "wanet", "sig", "bpp", "trojan", "ftrojan", "label_consistent", "input_aware"}
+
+
+def test_gpu_suite_expands_to_every_dataset_attack_and_defense():
+    cells = load_suite("gpu")
+    assert len(cells) == 2 * 9 * 4 == len({c.name for c in cells})
+    settings = {tuple(c.data.stem.split("_", 1)) for c in cells}
+    assert settings == {(dataset, attack) for dataset in ("cifar10", "gtsrb") for attack in IMAGE_ATTACKS}
+    assert {c.defense for c in cells} == {"no_defense", "clean_oracle", "abl", "e2abl"}
+    assert {c.seed for c in cells} == {0} and {c.max_epochs for c in cells} == {100}
+    assert {c.trainer.name for c in cells} == {"gpu.yaml"}
+    assert all(c.args[0] == "--data.init_args.num_workers=8" for c in cells)
+    assert all(c.args[-1] == "--data.init_args.clean_oracle=true" for c in cells if c.defense == "clean_oracle")
+
+
+def test_gpu_suite_schedules_fill_the_fit():
+    """ABL's three phases and every model's cosine schedule span exactly the suite's max_epochs."""
+    from e2abl_lightning.models.baselines.abl import resolve_schedule
+
+    cells = load_suite("gpu")
+    for model in {c.model for c in cells}:
+        args = yaml.safe_load(model.read_text())["model"]["init_args"]
+        assert args["scheduler"]["init_args"]["T_max"] == 100, model.name
+        if any(c.model == model and c.defense == "abl" for c in cells):
+            phases = {k: args.get(k) for k in ("isolation_epochs", "finetune_epochs", "unlearning_epochs")}
+            assert sum(resolve_schedule(args["schedule"], **phases)) == 100, model.name
+
+
+class _Built(Exception):
+    """Raised once a cell's CLI is built, before anything trains."""
+
+
+def test_gpu_suite_cells_build_through_the_cli(tmp_path, monkeypatch, generated_torchvision):
+    """One cell per data config (18), defenses in turn so every model config is built too, go through
+    ``run_cell``'s own arguments and ``make_cli(run=False)``: configs parse, classes instantiate (the
+    datamodule reads its class count from generated CIFAR-10/GTSRB tensors), nothing trains."""
+    import e2abl_lightning.cli as cli_module
+    from e2abl_lightning.models.baselines import ABL
+
+    cells = load_suite("gpu")
+    defenses = ["no_defense", "clean_oracle", "abl", "e2abl"]
+    data_configs = sorted({c.data for c in cells})
+    chosen = [
+        next(c for c in cells if c.data == data and c.defense == defenses[i % len(defenses)])
+        for i, data in enumerate(data_configs)
+    ]
+    assert {c.model for c in chosen} == {c.model for c in cells} and {c.defense for c in chosen} == set(defenses)
+    generated = generated_torchvision(fallback=False)
+    real_make_cli, built = cli_module.make_cli, []
+
+    def build_only(args, run=True):
+        assert run is False
+        if not torch.cuda.is_available():  # trainer/gpu.yaml asks for a GPU; the configs are what is tested
+            args = [*args, "--trainer.accelerator=cpu"]
+        built.append(real_make_cli(args, run=False))
+        raise _Built
+
+    monkeypatch.setattr(cli_module, "make_cli", build_only)
+    monkeypatch.chdir(tmp_path)
+    for cell in chosen:
+        with pytest.raises(_Built):
+            run_cell(cell, tmp_path / "out")
+        cli = built[-1]
+        spec = {f: yaml.safe_load(getattr(cell, f).read_text()) for f in ("data", "model")}
+        assert type(cli.model).__name__ == spec["model"]["model"]["class_path"].rsplit(".", 1)[-1], cell.name
+        assert type(cli.datamodule).__name__ == spec["data"]["data"]["class_path"].rsplit(".", 1)[-1], cell.name
+        assert any(type(m).__name__ == "PreActResNet18" for m in cli.model.modules()), cell.name
+        assert cli.model.num_classes == (43 if cell.data.stem.startswith("gtsrb") else 10), cell.name
+        assert cli.model.input_shape == (3, 32, 32)
+        assert cli.datamodule.target_label == spec["data"]["data"]["init_args"]["target_label"]
+        assert cli.datamodule.num_workers == 8
+        assert cli.datamodule.clean_oracle == (cell.defense == "clean_oracle")
+        assert cli.trainer.max_epochs == cell.max_epochs == 100
+        assert cli.config.trainer.precision == "bf16-mixed" and not cli.trainer.checkpoint_callbacks
+        if isinstance(cli.model, ABL):
+            assert cli.model.total_epochs == cell.max_epochs, "ABL's schedule must fill the fit"
+    assert len(built) == len(chosen) == 18
+    assert sorted(set(generated)) == ["CIFAR10", "GTSRB"]
