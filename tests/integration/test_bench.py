@@ -12,9 +12,9 @@ from e2abl_lightning.bench.runner import load_suite, main, plot_rate_curve, run_
 
 
 @pytest.mark.slow
-def test_quick_suite_runs_and_resumes(tmp_path, capsys):
+def test_quick_cpu_suite_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "bench"
-    main(["--suite", "demo", "--out", str(out), "--quick"])
+    main(["--suite", "cpu", "--out", str(out), "--quick"])
     printed = capsys.readouterr().out
     assert "| osuleaf_static | e2abl |" in printed and "| osuleaf_static | no_defense |" in printed
     rows = list(csv.DictReader(open(out / "results.csv")))
@@ -24,7 +24,7 @@ def test_quick_suite_runs_and_resumes(tmp_path, capsys):
     assert (out / "ca_vs_asr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     done = sorted((out / "cells").glob("*/result.json"))
     stamps = [p.stat().st_mtime_ns for p in done]
-    main(["--suite", "demo", "--out", str(out), "--quick"])  # finished cells are reused, not rerun
+    main(["--suite", "cpu", "--out", str(out), "--quick"])  # finished cells are reused, not rerun
     assert [p.stat().st_mtime_ns for p in done] == stamps
 
 
