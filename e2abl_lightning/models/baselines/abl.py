@@ -438,6 +438,10 @@ class ABL(BackdoorClassifier):
         b = y.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=b)
         self.log("train/ce", ce.mean(), on_step=False, on_epoch=True, batch_size=b)
+        ascending = self.isolated[index] if self.ascends() else None  # [B]
+        if ascending is not None and bool(ascending.any()):  # how far the ascent has pushed the isolated set
+            value, n = ce[ascending].detach().float().mean(), int(ascending.sum())
+            self.log("train/unlearn_ce", value, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
     # ---- the isolation decision and per-epoch logs (at the last batch: before validation/checkpoint) ---

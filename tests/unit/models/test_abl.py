@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import lightning as L
@@ -274,3 +275,6 @@ def test_abl_isolates_poisons_and_unlearning_lowers_asr() -> None:
     before, after = history.asr[12], history.asr[14]
     print(f"isolation precision {precision:.2f}, ASR {before:.2f} -> {after:.2f}")
     assert after < before - 0.2, f"ASR {before:.2f} -> {after:.2f}: unlearning did not lower it"
+    unlearn_ce = float(metrics["train/unlearn_ce"])  # the isolated set's CE in the last ascent epoch
+    print(f"unlearn CE {unlearn_ce:.2f}")
+    assert unlearn_ce > math.log(2), f"the isolated set's CE {unlearn_ce:.3f} shows no ascent"
