@@ -120,6 +120,20 @@ def make_cli(args: ArgsType = None, run: bool = True) -> E2ABLCLI:
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``e2abl`` console script."""
     make_cli(args)
+    end_process_group()
+
+
+def end_process_group() -> None:
+    """Leave a DDP process group cleanly once the work is done.
+
+    Lightning leaves the group open; gloo's threads can then abort the interpreter at exit
+    ("terminate called without an active exception", exit code -6) after a successful run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from e2abl_lightning.cli import end_process_group
 from e2abl_lightning.data.datamodules import UCRDataModule
 from e2abl_lightning.data.triggers import StaticPattern
 from e2abl_lightning.models.backbones import FCN
@@ -120,6 +121,7 @@ def main() -> None:
         {"state": state, "weights": weights, "world_size": trainer.world_size, "steps": trainer.global_step},
         args.out / f"rank{trainer.global_rank}.pt",
     )
+    end_process_group()
 
 
 if __name__ == "__main__":
