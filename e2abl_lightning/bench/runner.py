@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -50,9 +51,17 @@ class Cell:
 
     @property
     def signature(self) -> dict[str, Any]:
-        """What a stored result must match to be reused for this cell."""
-        files = {"data": self.data.name, "model": self.model.name, "trainer": self.trainer.name}
+        """What a stored result must match to be reused for this cell: its configs (name and parsed
+        content, so an edited config is rerun, not reused), epochs, arguments and poison rate."""
+        files = {k: f"{p.name}@{_digest(p)}" for k, p in (("data", self.data), ("model", self.model))}
+        files["trainer"] = f"{self.trainer.name}@{_digest(self.trainer)}"
         return {**files, "epochs": self.max_epochs, "args": self.args, "poison_rate": self.poison_rate}
+
+
+def _digest(path: Path) -> str:
+    """Short SHA-256 of a YAML file's parsed content (comments and layout do not count)."""
+    content = json.dumps(yaml.safe_load(path.read_text()), sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()[:12]
 
 
 def _resolve(path: str) -> Path:

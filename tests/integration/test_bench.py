@@ -60,6 +60,14 @@ def test_a_stored_cell_run_with_other_settings_is_not_reused(tmp_path):
     done.write_text(json.dumps({**row, "cell": {**cell.signature, "epochs": 99}}))
     with pytest.raises(ValueError, match="other settings.*another --out"):
         run_suite([cell], tmp_path)
+    edited = tmp_path / cell.data.name  # a copy of the data config, then edited: not the same cell any more
+    edited.write_text(cell.data.read_text())
+    cell.data = edited
+    done.write_text(json.dumps({**row, "cell": cell.signature}))  # the cell's name is unchanged
+    assert run_suite([cell], tmp_path)[0]["ca"] == 0.9
+    edited.write_text(cell.data.read_text().replace("poison_rate: 0.1", "poison_rate: 0.2"))
+    with pytest.raises(ValueError, match="other settings"):
+        run_suite([cell], tmp_path)
 
 
 def test_unknown_suite_names_the_known_ones():
