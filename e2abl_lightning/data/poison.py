@@ -248,6 +248,6 @@ class PoisonedTestDataset(PoisonedDataset):
     ) -> PoisonedTestDataset:
         keep = torch.ones_like(y, dtype=torch.bool) if mode == "all_to_all" else y != target_label
         x_keep, y_keep = x[keep], y[keep]
-        inputs = apply_trigger(x_keep, trigger, generator)
+        inputs = apply_trigger(x_keep, trigger, generator, fn=trigger.apply_test)
         targets = attack_targets(y_keep, mode, target_label, num_classes)
         return cls(inputs, targets, y_keep, torch.ones_like(y_keep, dtype=torch.bool), transform)

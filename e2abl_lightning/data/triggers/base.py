@@ -18,7 +18,7 @@ class Trigger(abc.ABC):
 
     Lifecycle: the datamodule calls :meth:`setup` once with the raw training set and a generator
     seeded by ``poison_seed`` (fixed patterns and trained generators are built there), then
-    :meth:`apply` on the selected training samples and on the poisoned test set. When
+    :meth:`apply` on the selected training samples and :meth:`apply_test` on the poisoned test set. When
     :attr:`negative_ratio` is positive, it also picks ``round(negative_ratio * num_poisoned)`` other
     (not poisoned) training samples and replaces them by :meth:`negatives`, keeping their clean labels
     (WaNet's noise mode, BppAttack's negative samples). Everything random comes from the generators
@@ -53,6 +53,14 @@ class Trigger(abc.ABC):
     @abc.abstractmethod
     def apply(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Return triggered copies of ``x`` (``[N, C, ...]``, same shape and dtype)."""
+
+    def apply_test(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Return triggered copies of test inputs for the ASR set. Default: :meth:`apply`.
+
+        An attack may trigger test inputs differently from the poisoned training samples (SIG's
+        stronger test-time signal); the training set never goes through this method.
+        """
+        return self.apply(x, generator)
 
     def negatives(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Return label-kept "negative" samples built from clean inputs ``x``.

@@ -182,30 +182,40 @@ class SIG(Trigger):
 
     ``x' = clip(x + delta/255 * sin(2 pi j f / W))`` along the columns ``j``, same for every row and
     channel. Only target-class samples are poisoned and labels are kept (``attack_mode: clean_label``).
+    The paper separates the poisoning strength from the strength of the signal the attacker adds at
+    test time (its Delta_tr and Delta_ts); ``test_delta`` is the latter.
 
     Args:
-        delta: amplitude in 0-255 pixel units (20 or 40 in the anchors).
+        delta: amplitude of the poisoned training samples, in 0-255 pixel units (20 or 40 in the anchors).
         frequency: number of periods across the image width (6).
+        test_delta: amplitude on the triggered test inputs (the ASR set); None uses ``delta``.
     """
 
     clean_label = True
 
-    def __init__(self, delta: float = 20.0, frequency: float = 6.0) -> None:
-        if not 0.0 < delta <= 255.0:
-            raise ValueError(f"delta={delta} must be in (0, 255] (pixel units)")
+    def __init__(self, delta: float = 20.0, frequency: float = 6.0, test_delta: float | None = None) -> None:
+        for name, value in (("delta", delta), ("test_delta", test_delta)):
+            if value is not None and not 0.0 < value <= 255.0:
+                raise ValueError(f"{name}={value} must be in (0, 255] (pixel units)")
         if frequency <= 0:
             raise ValueError(f"frequency={frequency} must be positive")
         self.delta = delta
         self.frequency = frequency
+        self.test_delta = test_delta
 
-    def signal(self, width: int) -> Tensor:
-        """The additive row signal, ``[W]`` in [0, 1] units."""
+    def signal(self, width: int, delta: float | None = None) -> Tensor:
+        """The additive row signal of amplitude ``delta`` (default: the training one), ``[W]`` in [0, 1] units."""
         j = torch.arange(width, dtype=torch.float32)
-        return (self.delta / 255.0) * torch.sin(2 * math.pi * j * self.frequency / width)
+        amplitude = self.delta if delta is None else delta
+        return (amplitude / 255.0) * torch.sin(2 * math.pi * j * self.frequency / width)
 
     def apply(self, x: Tensor, generator: torch.Generator) -> Tensor:
         _check_images(x)
         return (x + self.signal(x.shape[-1]).to(x)).clamp(0, 1)  # [N, C, H, W] + [W]
+
+    def apply_test(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        _check_images(x)
+        return (x + self.signal(x.shape[-1], self.test_delta).to(x)).clamp(0, 1)
 
 
 class Trojan(Trigger):

@@ -117,6 +117,20 @@ def test_mnist_subset_is_real_and_labelled_as_a_subset() -> None:
     assert torch.bincount(raw.y_test).tolist() == [100] * 10
 
 
+def test_sig_test_delta_reaches_the_asr_set_only() -> None:
+    weak = MNISTSubsetDataModule(SIG(delta=20), attack_mode="clean_label", poison_rate=0.05, cache_dir=None)
+    strong = MNISTSubsetDataModule(
+        SIG(delta=20, test_delta=60), attack_mode="clean_label", poison_rate=0.05, cache_dir=None
+    )
+    weak.setup("fit")
+    strong.setup("fit")
+    assert torch.equal(weak.train_set.inputs, strong.train_set.inputs)  # poisoning is unchanged
+    clean = weak.test_sets[0].inputs[weak.test_sets[0].targets != 0]
+    change_weak = (weak.test_sets[1].inputs - clean).abs().amax()
+    change_strong = (strong.test_sets[1].inputs - clean).abs().amax()
+    assert change_weak <= 20 / 255 + 1e-6 < change_strong <= 60 / 255 + 1e-6
+
+
 def _fashion_available() -> bool:
     return all((DEBIAN_FASHION_MNIST / f"{n}.gz").is_file() for n in FASHION_MNIST_FILES)
 

@@ -162,6 +162,16 @@ def test_sig_is_the_sinusoid() -> None:
     torch.testing.assert_close(out[0, 0, 2], expected)
 
 
+def test_sig_test_delta_strengthens_only_the_test_signal() -> None:
+    x = torch.full((1, 1, 4, 12), 0.5)
+    sig = SIG(delta=20, frequency=6, test_delta=60)
+    j = torch.arange(12, dtype=torch.float32)
+    wave = torch.sin(2 * torch.pi * j * 6 / 12)
+    torch.testing.assert_close(sig.apply(x, gen())[0, 0, 1], 0.5 + 20 / 255 * wave)
+    torch.testing.assert_close(sig.apply_test(x, gen())[0, 0, 1], 0.5 + 60 / 255 * wave)
+    torch.testing.assert_close(SIG(delta=20).apply_test(x, gen()), SIG(delta=20).apply(x, gen()))
+
+
 def test_bpp_has_eight_levels() -> None:
     out = BPP(bits=3).apply(images(), gen())
     assert torch.unique(torch.round(out * 7)).numel() <= 8
@@ -291,6 +301,7 @@ def test_input_aware_caches_its_generators(tmp_path: Path) -> None:
         (lambda: Blend(alpha=1.5), "alpha=1.5"),
         (lambda: Blend(image_path="/no/such.png"), "image_path="),
         (lambda: SIG(delta=0), "delta=0"),
+        (lambda: SIG(test_delta=300), "test_delta=300"),
         (lambda: Trojan(amplitude=2.0), "amplitude=2.0"),
         (lambda: WaNet(k=1), "k=1"),
         (lambda: WaNet(cross_ratio=-1.0), r"cross_ratio=-1.0 must be >= 0"),
