@@ -8,15 +8,20 @@ NeurIPS 2021, arXiv 2110.11571 (official code: github.com/bboylyg/ABL). The thre
    lowest ``isolation_ratio`` are isolated (stable sort, ties by index);
 1. fine-tuning: plain CE on the samples not isolated (isolated ones get weight 0, the loader is
    unchanged); the optimiser state is reset first, as the official unlearning script builds a fresh one;
-2. unlearning: gradient ascent ``-CE`` on the isolated samples only, one optimiser step per
-   ``unlearn_batch_size`` isolated samples (gradients accumulate over the loader's batches), as the
-   official code steps once per batch of its isolated-sample loader. Its first epoch may only evaluate.
+2. unlearning: gradient ascent ``-CE`` on batches made of isolated samples only (no augmentation),
+   in train mode, one optimiser step per ``unlearn_batch_size`` of them, as the official code steps
+   through its isolated-sample loader; the training loader's batches only pace these steps. Batches
+   of poisons alone matter: BatchNorm normalises them with their own statistics, which hides the
+   trigger's shared activations, so their loss is far from zero and the ascent has a gradient to
+   follow. Its first epoch may only evaluate.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -128,7 +133,8 @@ class ABL(BackdoorClassifier):
     takes no optimiser step. Epochs past the schedule only evaluate. The isolated mask is a persistent
     buffer, so a checkpoint resumes with the same isolated set. Oracle keys of the batch contract
     (``poisoned``) feed the ``isolation/*`` metrics only; the algorithm reads ``input``, ``target``
-    and ``index``.
+    and ``index``. In an unlearning epoch the first ``ceil(isolated / unlearn_batch_size)`` loader
+    batches each take one ascent step on a batch of isolated samples; the others take none.
 
     Args:
         backbone: callable ``(input_shape, num_classes) -> nn.Module``.
@@ -154,8 +160,8 @@ class ABL(BackdoorClassifier):
             multiplied by ``finetune_lr_gamma`` (official: ``[40]``).
         finetune_lr_gamma: decay factor at each milestone.
         unlearn_lr: lr of the unlearning phase (5e-4 in the official code); None keeps the current lr.
-        unlearn_batch_size: isolated samples per unlearning step (the official isolated-sample loader
-            uses the training batch size); None uses the training loader's batch size.
+        unlearn_batch_size: isolated samples per unlearning batch and step (the official
+            isolated-sample loader uses the training batch size); None uses the training loader's.
         unlearn_loss_ceiling: stop ascending a sample once its CE passes this (None: unbounded, as in
             the official code); a guard against divergence.
         unlearn_eval_first: the first unlearning epoch only evaluates (as the official code).
@@ -238,9 +244,9 @@ class ABL(BackdoorClassifier):
         self._resize_state(0)
         self._initial_lrs: list[float] = []
         self._step_now = True  # take the optimiser step for the current batch
-        self._zero_now = True  # zero the gradients before the current batch's backward
-        self._pending = 0  # isolated samples whose gradient is accumulated but not yet stepped
-        self._unlearn_bs = 1
+        self._unlearn_chunks: list[Tensor] = []  # this epoch's unlearning batches (isolated-set rows)
+        self._unlearn_x: Tensor | None = None  # the isolated samples' inputs, no augmentation
+        self._unlearn_y: Tensor | None = None  # their given labels
 
     # ---- schedule ---------------------------------------------------------------------------------
     @property
@@ -350,10 +356,30 @@ class ABL(BackdoorClassifier):
                 lr = self.phase_lr(epoch, base)
                 if lr is not None:
                     group["lr"] = lr
+        self._unlearn_chunks, self._unlearn_x, self._unlearn_y = [], None, None
+        if self.ascends(epoch):
+            self.prepare_unlearning(epoch)
+
+    def prepare_unlearning(self, epoch: int) -> None:
+        """Gather the isolated samples (no augmentation) and cut a seeded shuffle of them into batches.
+
+        The shuffle is seeded by the epoch, so every DDP rank cuts the same batches; there are at most
+        as many as the training loader has batches, which pace the steps.
+        """
         loader = self.trainer.train_dataloader
-        batch_size = getattr(loader, "batch_size", None) or 1
-        self._unlearn_bs = self.unlearn_batch_size or int(batch_size)
-        self._pending = 0
+        batch_size = int(self.unlearn_batch_size or getattr(loader, "batch_size", None) or 1)
+        rows = torch.nonzero(self.isolated.cpu()).flatten()  # [M] training-set indices
+        if rows.numel() == 0:
+            return
+        # the loader batches after the last unlearning batch return None on purpose: no step
+        warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
+        with self._eval_view(loader.dataset) as dataset:
+            samples = [dataset[int(i)] for i in rows]
+        self._unlearn_x = torch.stack([torch.as_tensor(s["input"]) for s in samples]).to(self.device)
+        self._unlearn_y = torch.stack([torch.as_tensor(s["target"]) for s in samples]).long().to(self.device)
+        order = torch.randperm(rows.numel(), generator=torch.Generator().manual_seed(epoch))
+        steps = min(math.ceil(rows.numel() / batch_size), max(1, int(self.trainer.num_training_batches)))
+        self._unlearn_chunks = [c for c in torch.tensor_split(order, steps) if c.numel()]
 
     def _global_sum(self, value: int) -> int:
         t = torch.tensor(float(value), device=self.device)
@@ -369,59 +395,61 @@ class ABL(BackdoorClassifier):
             )
         phase = self.phase()
         if self.current_epoch >= self.total_epochs:
-            self._step_now, self._zero_now = False, True
+            self._step_now = False
         elif phase == PHASE_ISOLATION:
-            self._step_now, self._zero_now = True, True
+            self._step_now = True
         elif phase == PHASE_FINETUNE:
-            self._step_now, self._zero_now = self._global_sum(int((~self.isolated[index]).sum())) > 0, True
+            self._step_now = self._global_sum(int((~self.isolated[index]).sum())) > 0
         elif not self.ascends():
-            self._step_now, self._zero_now = False, True
+            self._step_now = False
         else:
-            count = self._global_sum(int(self.isolated[index].sum()))
-            self._zero_now = self._pending == 0
-            self._pending += count
-            last = batch_idx + 1 >= self.trainer.num_training_batches
-            self._step_now = self._pending >= self._unlearn_bs or (last and self._pending > 0)
-
-    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
-        if self._zero_now:
-            optimizer.zero_grad()
-
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
-        if self.phase() == PHASE_UNLEARN and 0 < self._pending < self._unlearn_bs:
-            scale = self._unlearn_bs / self._pending  # a short last step: the mean over its samples
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        p.grad.mul_(scale)
+            self._step_now = batch_idx < len(self._unlearn_chunks)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         if self._step_now:
             optimizer.step(closure=optimizer_closure)
-            self._pending = 0
         elif optimizer_closure is not None:
-            optimizer_closure()  # forward and backward only (gradients accumulate or are discarded)
+            optimizer_closure()  # forward (for the logs) and backward, no step
 
     # ---- one step -------------------------------------------------------------------------------------
-    def phase_loss(self, ce: Tensor, index: Tensor, epoch: int, world_size: int = 1) -> Tensor:
-        """The scalar loss of one batch at ``epoch`` from its per-sample CE ``[B]`` and ``index`` ``[B]``.
+    def phase_loss(self, ce: Tensor, index: Tensor, epoch: int) -> Tensor:
+        """The scalar loss of one loader batch at ``epoch`` from its per-sample CE ``[B]`` and ``index`` ``[B]``.
 
         Isolation: LGA/Flooding of the batch mean; fine-tuning: mean CE over the non-isolated samples;
-        unlearning: ``-CE`` summed over the isolated samples over ``unlearn_batch_size`` (times
-        ``world_size``, as DDP averages gradients over ranks); past the schedule: 0.
+        unlearning (its steps use :meth:`unlearning_step`, not the loader's batch) and past the schedule: 0.
         """
         phase = self.phase(epoch)
-        if epoch >= self.total_epochs:
+        if epoch >= self.total_epochs or phase == PHASE_UNLEARN:
             return 0.0 * ce.sum()
         if phase == PHASE_ISOLATION:
             return isolation_objective(ce.mean(), self.isolation_loss, self.lga_gamma, self.flooding_level)
-        if phase == PHASE_FINETUNE:
-            weight = (~self.isolated[index]).float()  # [B]
-            return (weight * ce).sum() / weight.sum().clamp(min=1)
-        weight = self.isolated[index].float() if self.ascends(epoch) else torch.zeros_like(ce)  # [B]
-        return world_size * (weight * ascent_losses(ce, self.unlearn_loss_ceiling)).sum() / self._unlearn_bs
+        weight = (~self.isolated[index]).float()  # [B]
+        return (weight * ce).sum() / weight.sum().clamp(min=1)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def unlearning_step(self, batch_idx: int) -> Tensor | None:
+        """``-CE`` averaged over the ``batch_idx``-th unlearning batch (None: no step for this loader batch).
+
+        Under DDP each rank takes a strided share of the batch and scales its sum so that the
+        gradient average over ranks is the batch mean (a batch smaller than the world: every rank
+        takes all of it).
+        """
+        if batch_idx >= len(self._unlearn_chunks) or self._unlearn_x is None or self._unlearn_y is None:
+            return None
+        chunk = self._unlearn_chunks[batch_idx]
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        part, scale = (chunk[rank::world], world) if chunk.numel() >= world else (chunk, 1)
+        part = part.to(self._unlearn_x.device)
+        logits = self(self._unlearn_x[part])  # [b, K], train mode: BatchNorm uses this batch's statistics
+        ce = F.cross_entropy(logits.float(), self._unlearn_y[part], reduction="none")  # [b]
+        loss = scale * ascent_losses(ce, self.unlearn_loss_ceiling).sum() / chunk.numel()
+        n = int(part.numel())
+        self.log("train/unlearn_ce", ce.detach().mean(), on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        if self.ascends():
+            return self.unlearning_step(batch_idx)
         x, y, index = batch["input"], batch["target"], batch["index"]
         if self.updates(self.current_epoch):
             logits = self(x)  # [B, K]
@@ -432,16 +460,12 @@ class ABL(BackdoorClassifier):
             finally:
                 self.train()
         ce = F.cross_entropy(logits, y, reduction="none")  # [B]
-        loss = self.phase_loss(ce, index, self.current_epoch, self.trainer.world_size)
+        loss = self.phase_loss(ce, index, self.current_epoch)
         if "poisoned" in batch:  # oracle: metrics only
             self.oracle_poisoned[index] = batch["poisoned"].long().to(self.oracle_poisoned.device)
         b = y.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=b)
         self.log("train/ce", ce.mean(), on_step=False, on_epoch=True, batch_size=b)
-        ascending = self.isolated[index] if self.ascends() else None  # [B]
-        if ascending is not None and bool(ascending.any()):  # how far the ascent has pushed the isolated set
-            value, n = ce[ascending].detach().float().mean(), int(ascending.sum())
-            self.log("train/unlearn_ce", value, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
     # ---- the isolation decision and per-epoch logs (at the last batch: before validation/checkpoint) ---
@@ -452,6 +476,22 @@ class ABL(BackdoorClassifier):
             self.isolate()
         self.log_epoch()
 
+    @contextmanager
+    def _eval_view(self, dataset: Any) -> Iterator[Any]:
+        """The training set with the datamodule's eval transform (no augmentation) while inside."""
+        if dataset is None:
+            raise ValueError("ABL needs trainer.train_dataloader to be a DataLoader with a .dataset to read")
+        eval_tf = getattr(getattr(self.trainer, "datamodule", None), "eval_transform", None)
+        swap = callable(eval_tf) and hasattr(dataset, "transform")
+        saved = dataset.transform if swap else None
+        try:
+            if swap:
+                dataset.transform = eval_tf()
+            yield dataset
+        finally:
+            if swap:
+                dataset.transform = saved
+
     @torch.no_grad()
     def score_training_set(self) -> Tensor:
         """Per-sample CE over the training set in eval mode with the datamodule's eval transform, ``[N]``.
@@ -460,37 +500,28 @@ class ABL(BackdoorClassifier):
         is scored exactly once, so the sum is exact and every rank gets the same values).
         """
         loader = self.trainer.train_dataloader
-        dataset = getattr(loader, "dataset", None)
-        if dataset is None:
-            raise ValueError("ABL needs trainer.train_dataloader to be a DataLoader with a .dataset to score")
         datamodule = getattr(self.trainer, "datamodule", None)
-        eval_tf = getattr(datamodule, "eval_transform", None)
-        swap = callable(eval_tf) and hasattr(dataset, "transform")
-        saved = dataset.transform if swap else None
         rank, world = self.trainer.global_rank, self.trainer.world_size
-        n = len(dataset)
-        losses = torch.zeros(n, device=self.device)
-        poisoned = torch.zeros(n, device=self.device)
-        seen_oracle = torch.zeros(n, device=self.device)
         was_training = self.training
-        try:
-            if swap:
-                dataset.transform = eval_tf()
-            self.eval()
-            shard = Subset(dataset, list(range(rank, n, world)))
-            batch_size = int(getattr(datamodule, "eval_batch_size", 256))
-            for batch in DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=0):
-                index = torch.as_tensor(batch["index"], device=self.device).long()
-                logits = self(batch["input"].to(self.device))  # [b, K]
-                target = batch["target"].to(self.device)
-                losses[index] = F.cross_entropy(logits.float(), target, reduction="none")
-                if "poisoned" in batch:
-                    poisoned[index] = batch["poisoned"].float().to(self.device)
-                    seen_oracle[index] = 1.0
-        finally:
-            if swap:
-                dataset.transform = saved
-            self.train(was_training)
+        with self._eval_view(getattr(loader, "dataset", None)) as dataset:
+            n = len(dataset)
+            losses = torch.zeros(n, device=self.device)
+            poisoned = torch.zeros(n, device=self.device)
+            seen_oracle = torch.zeros(n, device=self.device)
+            try:
+                self.eval()
+                shard = Subset(dataset, list(range(rank, n, world)))
+                batch_size = int(getattr(datamodule, "eval_batch_size", 256))
+                for batch in DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=0):
+                    index = torch.as_tensor(batch["index"], device=self.device).long()
+                    logits = self(batch["input"].to(self.device))  # [b, K]
+                    target = batch["target"].to(self.device)
+                    losses[index] = F.cross_entropy(logits.float(), target, reduction="none")
+                    if "poisoned" in batch:
+                        poisoned[index] = batch["poisoned"].float().to(self.device)
+                        seen_oracle[index] = 1.0
+            finally:
+                self.train(was_training)
         if world > 1:
             losses = self.trainer.strategy.reduce(losses, reduce_op="sum")
             poisoned = self.trainer.strategy.reduce(poisoned, reduce_op="sum")

@@ -8,6 +8,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
+from torch import Tensor
 
 from e2abl_lightning.models.backbones import FCN
 from e2abl_lightning.models.baselines import ABL
@@ -177,7 +178,6 @@ def test_phase_losses_mask_by_isolation() -> None:
     model = make(schedule="custom", isolation_epochs=1, finetune_epochs=1, unlearning_epochs=3, unlearn_batch_size=2)
     model._resize_state(6)
     model.isolated[torch.tensor([1, 4])] = True
-    model._unlearn_bs = 2
     index = torch.tensor([0, 1, 2, 3, 4, 5])
     ce_values = torch.tensor([0.5, 0.2, 1.0, 2.0, 0.1, 1.5])
 
@@ -194,14 +194,60 @@ def test_phase_losses_mask_by_isolation() -> None:
     ce = ce_values.clone().requires_grad_()
     assert float(model.phase_loss(ce, index, epoch=2).detach()) == 0.0  # the evaluation-only unlearning epoch
 
-    ce = ce_values.clone().requires_grad_()
-    loss = model.phase_loss(ce, index, epoch=3)  # unlearning: -CE on the isolated only
-    assert torch.allclose(loss, -(ce_values[1] + ce_values[4]) / 2)
-    loss.backward()
-    assert ce.grad.tolist() == [0.0, -0.5, 0.0, 0.0, -0.5, 0.0]
+    ce = ce_values.clone().requires_grad_()  # unlearning steps use batches of isolated samples, not this one
+    assert float(model.phase_loss(ce, index, epoch=3).detach()) == 0.0
 
     ce = ce_values.clone().requires_grad_()
     assert float(model.phase_loss(ce, index, epoch=5).detach()) == 0.0  # past the schedule: evaluation only
+
+
+def test_unlearning_steps_on_batches_of_isolated_samples_only() -> None:
+    from torch.utils.data import DataLoader
+
+    from e2abl_lightning.data.poison import PoisonedDataset
+
+    torch.manual_seed(0)
+    n, k = 40, 3
+    x, y = torch.randn(n, 1, 32), torch.arange(n) % k
+    dataset = PoisonedDataset(x, y, y, torch.zeros(n, dtype=torch.bool))
+    model = make(schedule="custom", isolation_epochs=1, finetune_epochs=0, unlearning_epochs=3, isolation_ratio=0.25)
+    model.hparams.unlearn_batch_size = model.unlearn_batch_size = 4
+    seen: dict[int, list[Tensor]] = {}
+    steps: dict[int, int] = {}
+
+    class Spy(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            steps[trainer.current_epoch] = steps.get(trainer.current_epoch, 0) + 1
+
+    forward = model.forward
+
+    def spy_forward(inputs: Tensor) -> Tensor:
+        if model.ascends():
+            seen.setdefault(model.current_epoch, []).append(inputs.detach().clone())
+        return forward(inputs)
+
+    model.forward = spy_forward  # type: ignore[method-assign]
+    trainer = L.Trainer(
+        max_epochs=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Spy()],
+    )
+    trainer.fit(model, DataLoader(dataset, batch_size=8, shuffle=True))
+    isolated = torch.nonzero(model.isolated).flatten()
+    assert isolated.numel() == 10
+    # 5 isolation steps, none in the evaluation-only epoch, ceil(10 / 4) = 3 in each of the 2 ascent epochs
+    assert steps == {0: 5, 2: 3, 3: 3}
+    for epoch in (2, 3):
+        batches = seen[epoch]
+        assert [b.shape[0] for b in batches] == [4, 3, 3]
+        rows = torch.cat(batches)  # every isolated sample once per epoch, nothing else
+        matches = (rows[:, None] == x[None]).flatten(2).all(dim=2)  # [10, n]
+        assert sorted(matches.float().argmax(dim=1).tolist()) == isolated.tolist()
+    assert not torch.equal(torch.cat(seen[2]), torch.cat(seen[3]))  # reshuffled each epoch
 
 
 def test_checkpoint_restores_isolated_set() -> None:
