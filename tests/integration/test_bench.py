@@ -160,16 +160,14 @@ def test_gpu_suite_schedules_fill_the_fit():
 
 
 def test_abl_anchor_suite_runs_abl_on_its_own_network():
-    """ABL's schedule spans the suite's epochs, on WRN-16-1 with SGD, against the same undefended network."""
+    """ABL's schedule spans the suite's epochs, on WRN-16-1, against the same undefended network."""
     from e2abl_lightning.models.baselines.abl import resolve_schedule
 
     cells = load_suite("abl_anchor")
     assert len(cells) == 2 * 3 and {c.defense for c in cells} == {"no_defense", "abl"}
     for model in {c.model for c in cells}:
         args = yaml.safe_load(model.read_text())["model"]["init_args"]
-        assert (
-            args["backbone"]["class_path"].endswith("WRN16_1") and args["optimizer"]["class_path"] == "torch.optim.SGD"
-        )
+        assert args["backbone"]["class_path"].endswith("WRN16_1")
         if "schedule" in args:
             phases = {k: args.get(k) for k in ("isolation_epochs", "finetune_epochs", "unlearning_epochs")}
             assert sum(resolve_schedule(args["schedule"], **phases)) == cells[0].max_epochs == 9
