@@ -160,11 +160,11 @@ def test_gpu_suite_schedules_fill_the_fit():
 
 
 def test_abl_anchor_suite_runs_abl_on_its_own_network():
-    """ABL's schedule spans the suite's epochs, on WRN-16-1, against the same undefended network."""
+    """ABL's schedule spans the suite's epochs, on WRN-16-1, beside the same network undefended and under E2ABL."""
     from e2abl_lightning.models.baselines.abl import resolve_schedule
 
     cells = load_suite("abl_anchor")
-    assert len(cells) == 2 * 3 and {c.defense for c in cells} == {"no_defense", "abl"}
+    assert len(cells) == 3 * 3 and {c.defense for c in cells} == {"no_defense", "abl", "e2abl"}
     for model in {c.model for c in cells}:
         args = yaml.safe_load(model.read_text())["model"]["init_args"]
         assert args["backbone"]["class_path"].endswith("WRN16_1")
