@@ -32,6 +32,20 @@ def make(**kwargs) -> ABL:
     return ABL(tiny_fcn, 3, (1, 32), **kwargs)
 
 
+def quiet_trainer(max_epochs: int, callbacks: list[L.Callback], **kwargs) -> L.Trainer:
+    """A CPU trainer with no logger, checkpoints, progress bar or model summary."""
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
 # ---- pure losses -------------------------------------------------------------------------------------
 def test_lga_hand_computed() -> None:
     loss = torch.tensor([0.2, 0.5, 1.0, 3.0])
@@ -227,15 +241,7 @@ def test_unlearning_steps_on_batches_of_isolated_samples_only() -> None:
         return forward(inputs)
 
     model.forward = spy_forward  # type: ignore[method-assign]
-    trainer = L.Trainer(
-        max_epochs=4,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Spy()],
-    )
+    trainer = quiet_trainer(4, [Spy()])
     trainer.fit(model, DataLoader(dataset, batch_size=8, shuffle=True))
     isolated = torch.nonzero(model.isolated).flatten()
     assert isolated.numel() == 10
@@ -301,16 +307,7 @@ def test_abl_isolates_poisons_and_unlearning_lowers_asr() -> None:
         unlearn_batch_size=4,
     )
     history = _History()
-    trainer = L.Trainer(
-        max_epochs=15,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[BackdoorEvalCallback(dm.num_classes, 0), history],
-    )
+    trainer = quiet_trainer(15, [BackdoorEvalCallback(dm.num_classes, 0), history], num_sanity_val_steps=0)
     trainer.fit(model, datamodule=dm)
     metrics = trainer.callback_metrics
     assert int(metrics["train/num_isolated"]) == int(0.2 * len(dm.train_set))
