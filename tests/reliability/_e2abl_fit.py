@@ -1,12 +1,13 @@
-"""A tiny E2ABL fit on GunPoint, run as a script so that Lightning's DDP launcher can re-invoke it.
+"""A tiny E2ABL (or ABL) fit on GunPoint, run as a script so that Lightning's DDP launcher can re-invoke it.
 
 Used by ``test_ddp.py`` (one process or ``--devices 2`` under DDP) and ``test_reproducibility.py``
 (``--manifest-only``: print the poison manifest's hash). Every rank writes ``rank<r>.pt`` into
-``--out``: the state bank's buffers (persistent and accumulators) and the model's weights.
+``--out``: E2ABL's state bank buffers (persistent and accumulators) or ABL's isolated mask, and the
+model's weights.
 
 Usage::
 
-    python tests/reliability/_e2abl_fit.py --out DIR [--devices 2] [--batch-size 5] [--norm group]
+    python tests/reliability/_e2abl_fit.py --out DIR [--devices 2] [--batch-size 5] [--norm group] [--model abl]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from e2abl_lightning.cli import end_process_group
 from e2abl_lightning.data.datamodules import UCRDataModule
 from e2abl_lightning.data.triggers import StaticPattern
 from e2abl_lightning.models.backbones import FCN
+from e2abl_lightning.models.baselines import ABL
 from e2abl_lightning.models.e2abl import E2ABL
 
 SMALL_FCN = partial(FCN, layers=(16, 32, 16))
@@ -89,6 +91,7 @@ def main() -> None:
     parser.add_argument("--norm", choices=("batch", "group"), default="group")
     parser.add_argument("--poison-seed", type=int, default=0)
     parser.add_argument("--manifest-only", action="store_true")
+    parser.add_argument("--model", choices=("e2abl", "abl"), default="e2abl")
     args = parser.parse_args()
     torch.set_num_threads(1)  # a shared CPU: one thread per process
     args.out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +101,23 @@ def main() -> None:
     if args.manifest_only:
         (args.out / "manifest_hash.txt").write_text(manifest_hash(dm))
         return
-    model = E2ABL(SMALL_FCN, dm.num_classes, dm.input_shape, warmup_epochs=2, target_patience=1, isolation_ratio=0.2)
+    if args.model == "abl":  # isolation 1, fine-tuning 1, unlearning 2 (the first only evaluates) epochs
+        model = ABL(
+            SMALL_FCN,
+            dm.num_classes,
+            dm.input_shape,
+            schedule="custom",
+            isolation_epochs=1,
+            finetune_epochs=1,
+            unlearning_epochs=args.epochs - 2,
+            lga_gamma=1.0,
+            isolation_ratio=0.2,
+            unlearn_batch_size=4,
+        )
+    else:
+        model = E2ABL(
+            SMALL_FCN, dm.num_classes, dm.input_shape, warmup_epochs=2, target_patience=1, isolation_ratio=0.2
+        )
     if args.norm == "group":
         per_sample_norm(model)
     trainer = L.Trainer(
@@ -115,10 +134,19 @@ def main() -> None:
         limit_val_batches=0,
     )
     trainer.fit(model, dm)
-    state = {name: t.detach().cpu().clone() for name, t in model.state.named_buffers()}
+    if isinstance(model, ABL):
+        state = {"isolated": model.isolated.detach().cpu().clone()}
+    else:
+        state = {name: t.detach().cpu().clone() for name, t in model.state.named_buffers()}
     weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("state.")}
     torch.save(
-        {"state": state, "weights": weights, "world_size": trainer.world_size, "steps": trainer.global_step},
+        {
+            "state": state,
+            "weights": weights,
+            "world_size": trainer.world_size,
+            "steps": trainer.global_step,
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        },
         args.out / f"rank{trainer.global_rank}.pt",
     )
     end_process_group()

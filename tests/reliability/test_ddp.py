@@ -44,9 +44,10 @@ DISCRETE = (
 )
 
 
-def _launch(out: Path, devices: int, batch_size: int, cwd: Path) -> subprocess.Popen:
+def _launch(out: Path, devices: int, batch_size: int, cwd: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     args = [sys.executable, str(SCRIPT), "--out", str(out), "--devices", str(devices), "--batch-size", str(batch_size)]
+    args += list(extra)
     return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -99,3 +100,27 @@ def test_ddp_two_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
             torch.testing.assert_close(a, b_, atol=1e-5, rtol=1e-5, msg=name)
         else:
             assert torch.equal(a, b_), name
+
+
+@pytest.mark.slow
+def test_abl_under_ddp_keeps_ranks_identical_and_isolates_as_one_process(tmp_path: Path) -> None:
+    """ABL's unlearning batches are cut identically on every rank and shared between them: the run
+    ends (no rank waits for another's step), with bit-identical weights and isolated set on both
+    ranks, and the isolated set of one process with the same global batch."""
+    b = 5
+    single = _launch(tmp_path / "single", 1, 2 * b, tmp_path, "--model", "abl")
+    ddp = _launch(tmp_path / "ddp", 2, b, tmp_path, "--model", "abl")
+    _finish(single, "single-process ABL fit")
+    _finish(ddp, "DDP ABL fit")
+    one = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
+    rank0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    isolated = one["state"]["isolated"]
+    assert int(isolated.sum()) == 10  # 20% of GunPoint's 50 training series
+    assert torch.equal(rank0["state"]["isolated"], rank1["state"]["isolated"])
+    assert torch.equal(rank0["state"]["isolated"], isolated)
+    for name in rank0["weights"]:
+        assert torch.equal(rank0["weights"][name], rank1["weights"][name]), f"{name} differs between ranks"
+    for run in (one, rank0, rank1):  # the ascent ran: the isolated batches' CE was logged in its epochs
+        assert run["metrics"]["train/unlearn_ce"] > 0

@@ -371,8 +371,6 @@ class ABL(BackdoorClassifier):
         rows = torch.nonzero(self.isolated.cpu()).flatten()  # [M] training-set indices
         if rows.numel() == 0:
             return
-        # the loader batches after the last unlearning batch return None on purpose: no step
-        warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
         with self._eval_view(loader.dataset) as dataset:
             samples = [dataset[int(i)] for i in rows]
         self._unlearn_x = torch.stack([torch.as_tensor(s["input"]) for s in samples]).to(self.device)
@@ -426,15 +424,19 @@ class ABL(BackdoorClassifier):
         weight = (~self.isolated[index]).float()  # [B]
         return (weight * ce).sum() / weight.sum().clamp(min=1)
 
-    def unlearning_step(self, batch_idx: int) -> Tensor | None:
-        """``-CE`` averaged over the ``batch_idx``-th unlearning batch (None: no step for this loader batch).
+    def unlearning_step(self, batch_idx: int) -> Tensor:
+        """``-CE`` averaged over the ``batch_idx``-th unlearning batch.
+
+        Loader batches past the last unlearning batch take no step; they return a zero loss that
+        still reaches every parameter, as DDP needs the same backward on every rank (Lightning
+        refuses a skipped ``training_step`` there).
 
         Under DDP each rank takes a strided share of the batch and scales its sum so that the
         gradient average over ranks is the batch mean (a batch smaller than the world: every rank
         takes all of it).
         """
         if batch_idx >= len(self._unlearn_chunks) or self._unlearn_x is None or self._unlearn_y is None:
-            return None
+            return 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
         chunk = self._unlearn_chunks[batch_idx]
         rank, world = self.trainer.global_rank, self.trainer.world_size
         part, scale = (chunk[rank::world], world) if chunk.numel() >= world else (chunk, 1)
@@ -447,7 +449,7 @@ class ABL(BackdoorClassifier):
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         if self.ascends():
             return self.unlearning_step(batch_idx)
         x, y, index = batch["input"], batch["target"], batch["index"]
