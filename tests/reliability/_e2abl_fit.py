@@ -101,7 +101,7 @@ def main() -> None:
     if args.manifest_only:
         (args.out / "manifest_hash.txt").write_text(manifest_hash(dm))
         return
-    if args.model == "abl":  # isolation 1, fine-tuning 1, unlearning 2 (the first only evaluates) epochs
+    if args.model == "abl":  # isolation 1, fine-tuning 1, then unlearning epochs (the first only evaluates)
         model = ABL(
             SMALL_FCN,
             dm.num_classes,

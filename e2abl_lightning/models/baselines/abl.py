@@ -245,6 +245,7 @@ class ABL(BackdoorClassifier):
         self._initial_lrs: list[float] = []
         self._step_now = True  # take the optimiser step for the current batch
         self._unlearn_chunks: list[Tensor] = []  # this epoch's unlearning batches (isolated-set rows)
+        self._unlearn_rows: Tensor | None = None  # the isolated rows that _unlearn_x/_unlearn_y hold
         self._unlearn_x: Tensor | None = None  # the isolated samples' inputs, no augmentation
         self._unlearn_y: Tensor | None = None  # their given labels
 
@@ -356,25 +357,28 @@ class ABL(BackdoorClassifier):
                 lr = self.phase_lr(epoch, base)
                 if lr is not None:
                     group["lr"] = lr
-        self._unlearn_chunks, self._unlearn_x, self._unlearn_y = [], None, None
+        self._unlearn_chunks = []
         if self.ascends(epoch):
             self.prepare_unlearning(epoch)
 
     def prepare_unlearning(self, epoch: int) -> None:
-        """Gather the isolated samples (no augmentation) and cut a seeded shuffle of them into batches.
+        """Cut a seeded shuffle of the isolated samples into this epoch's unlearning batches.
 
-        The shuffle is seeded by the epoch, so every DDP rank cuts the same batches; there are at most
-        as many as the training loader has batches, which pace the steps.
+        The samples (no augmentation) are read from the training set once per isolated set, not
+        every epoch. The shuffle is seeded by the epoch, so every DDP rank cuts the same batches;
+        there are at most as many as the training loader has batches, which pace the steps.
         """
         loader = self.trainer.train_dataloader
         batch_size = int(self.unlearn_batch_size or getattr(loader, "batch_size", None) or 1)
         rows = torch.nonzero(self.isolated.cpu()).flatten()  # [M] training-set indices
         if rows.numel() == 0:
             return
-        with self._eval_view(loader.dataset) as dataset:
-            samples = [dataset[int(i)] for i in rows]
-        self._unlearn_x = torch.stack([torch.as_tensor(s["input"]) for s in samples]).to(self.device)
-        self._unlearn_y = torch.stack([torch.as_tensor(s["target"]) for s in samples]).long().to(self.device)
+        if self._unlearn_rows is None or not torch.equal(rows, self._unlearn_rows):
+            with self._eval_view(loader.dataset) as dataset:
+                samples = [dataset[int(i)] for i in rows]
+            self._unlearn_x = torch.stack([torch.as_tensor(s["input"]) for s in samples]).to(self.device)
+            self._unlearn_y = torch.stack([torch.as_tensor(s["target"]) for s in samples]).long().to(self.device)
+            self._unlearn_rows = rows
         order = torch.randperm(rows.numel(), generator=torch.Generator().manual_seed(epoch))
         steps = min(math.ceil(rows.numel() / batch_size), max(1, int(self.trainer.num_training_batches)))
         self._unlearn_chunks = [c for c in torch.tensor_split(order, steps) if c.numel()]
@@ -435,7 +439,7 @@ class ABL(BackdoorClassifier):
         gradient average over ranks is the batch mean (a batch smaller than the world: every rank
         takes all of it).
         """
-        if batch_idx >= len(self._unlearn_chunks) or self._unlearn_x is None or self._unlearn_y is None:
+        if batch_idx >= len(self._unlearn_chunks):
             return 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
         chunk = self._unlearn_chunks[batch_idx]
         rank, world = self.trainer.global_rank, self.trainer.world_size

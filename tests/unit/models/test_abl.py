@@ -223,15 +223,32 @@ def test_unlearning_steps_on_batches_of_isolated_samples_only() -> None:
     torch.manual_seed(0)
     n, k = 40, 3
     x, y = torch.randn(n, 1, 32), torch.arange(n) % k
-    dataset = PoisonedDataset(x, y, y, torch.zeros(n, dtype=torch.bool))
-    model = make(schedule="custom", isolation_epochs=1, finetune_epochs=0, unlearning_epochs=3, isolation_ratio=0.25)
-    model.hparams.unlearn_batch_size = model.unlearn_batch_size = 4
+    reads = [0]
+
+    class CountingDataset(PoisonedDataset):
+        def __getitem__(self, index: int) -> dict:
+            reads[0] += 1
+            return super().__getitem__(index)
+
+    dataset = CountingDataset(x, y, y, torch.zeros(n, dtype=torch.bool))
+    model = make(
+        schedule="custom",
+        isolation_epochs=1,
+        finetune_epochs=0,
+        unlearning_epochs=3,
+        isolation_ratio=0.25,
+        unlearn_batch_size=4,
+    )
     seen: dict[int, list[Tensor]] = {}
     steps: dict[int, int] = {}
+    reads_by_epoch: list[int] = []
 
     class Spy(L.Callback):
         def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
             steps[trainer.current_epoch] = steps.get(trainer.current_epoch, 0) + 1
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            reads_by_epoch.append(reads[0] - sum(reads_by_epoch))
 
     forward = model.forward
 
@@ -254,6 +271,9 @@ def test_unlearning_steps_on_batches_of_isolated_samples_only() -> None:
         matches = (rows[:, None] == x[None]).flatten(2).all(dim=2)  # [10, n]
         assert sorted(matches.float().argmax(dim=1).tolist()) == isolated.tolist()
     assert not torch.equal(torch.cat(seen[2]), torch.cat(seen[3]))  # reshuffled each epoch
+    # the loader reads every sample each epoch; isolation scores them once more; the isolated samples
+    # are read for the ascent once (epoch 2), not again in epoch 3
+    assert reads_by_epoch == [2 * n, n, n + 10, n]
 
 
 def test_checkpoint_restores_isolated_set() -> None:
