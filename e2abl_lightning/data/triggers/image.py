@@ -210,12 +210,14 @@ class SIG(Trigger):
         return (amplitude / 255.0) * torch.sin(2 * math.pi * j * self.frequency / width)
 
     def apply(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        _check_images(x)
-        return (x + self.signal(x.shape[-1]).to(x)).clamp(0, 1)  # [N, C, H, W] + [W]
+        return self._add_signal(x, self.delta)
 
     def apply_test(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return self._add_signal(x, self.test_delta)
+
+    def _add_signal(self, x: Tensor, delta: float | None) -> Tensor:
         _check_images(x)
-        return (x + self.signal(x.shape[-1], self.test_delta).to(x)).clamp(0, 1)
+        return (x + self.signal(x.shape[-1], delta).to(x)).clamp(0, 1)  # [N, C, H, W] + [W]
 
 
 class Trojan(Trigger):
