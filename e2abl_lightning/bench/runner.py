@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 METRICS = ("ca", "asr", "ra", "iso_precision", "iso_recall", "fit_seconds")
 
 
@@ -72,8 +73,15 @@ def _resolve(path: str) -> Path:
     raise FileNotFoundError(f"config {path!r} not found (looked in . and {CONFIG_ROOT})")
 
 
-def load_suite(suite: str, quick: bool = False) -> list[Cell]:
-    """Expand a suite YAML (a name under ``configs/suite/`` or a path) into cells."""
+def load_suite(suite: str, quick: bool = False, precision: str | None = None) -> list[Cell]:
+    """Expand a suite YAML (a name under ``configs/suite/`` or a path) into cells.
+
+    ``precision`` (one of :data:`PRECISIONS`) overrides every cell's trainer precision, after the
+    suite's own arguments.
+    """
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not allowed; choose one of {PRECISIONS}")
+    override = [] if precision is None else [f"--trainer.precision={precision}"]
     path = Path(suite)
     if not path.is_file():
         path = CONFIG_ROOT / "suite" / f"{suite}.yaml"
@@ -82,7 +90,7 @@ def load_suite(suite: str, quick: bool = False) -> list[Cell]:
         raise FileNotFoundError(f"suite {suite!r} not found; known suites: {known} (or give a YAML path)")
     spec = yaml.safe_load(path.read_text())
     if "include" in spec:  # a suite made of suites, run one after the other
-        cells = [cell for part in spec["include"] for cell in load_suite(part, quick)]
+        cells = [cell for part in spec["include"] for cell in load_suite(part, quick, precision)]
         return cells[:2] if quick else cells
     for key in ("trainer", "datasets", "defenses"):
         if key not in spec:
@@ -105,7 +113,7 @@ def load_suite(suite: str, quick: bool = False) -> list[Cell]:
             int(seed),
             epochs,
             _resolve(spec["trainer"]),
-            [*spec.get("args", []), *spec_d.get("args", [])],
+            [*spec.get("args", []), *spec_d.get("args", []), *override],
             None if rate is None else float(rate),
         )
         for d in datasets
@@ -305,12 +313,18 @@ def run_suite(cells: list[Cell], out: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``e2abl-bench --suite NAME|PATH --out DIR [--quick]``."""
+    """``e2abl-bench --suite NAME|PATH --out DIR [--quick] [--shard I/N] [--precision P]``."""
     parser = argparse.ArgumentParser(prog="e2abl-bench", description=__doc__)
     parser.add_argument("--suite", required=True, help="suite name under configs/suite/ or a YAML path")
     parser.add_argument("--out", required=True, type=Path, help="results directory (finished cells are reused)")
     parser.add_argument("--quick", action="store_true", help="two cells, a few epochs: a smoke run")
     parser.add_argument("--shard", default="0/1", help="I/N: run only every N-th cell from the I-th (parallel runs)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="override every cell's trainer precision; 32-true on CPUs without native bf16 (AVX2 only), where "
+        "the suites' bf16-mixed autocast runs several times slower",
+    )
     args = parser.parse_args(argv)
     try:
         shard, shards = (int(v) for v in args.shard.split("/"))
@@ -323,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    cells = load_suite(args.suite, args.quick)
+    cells = load_suite(args.suite, args.quick, args.precision)
     rows = run_suite(cells[shard::shards], args.out)
     print(summarise(rows))
     plots = [p.name for p in (args.out / "ca_vs_asr.png", args.out / "poison_rate_curve.png") if p.is_file()]

@@ -223,3 +223,20 @@ def test_gpu_suite_cells_build_through_the_cli(tmp_path, monkeypatch, generated_
             assert cli.model.total_epochs == cell.max_epochs, "ABL's schedule must fill the fit"
     assert len(built) == len(chosen) == 18
     assert sorted(set(generated)) == ["CIFAR10", "GTSRB"]
+
+
+def test_precision_override_reaches_every_cell_and_the_trainer():
+    """``--precision 32-true`` (CPUs without native bf16) comes after the suites' own bf16-mixed."""
+    from e2abl_lightning.cli import make_cli
+
+    plain, fp32 = load_suite("cpu"), load_suite("cpu", precision="32-true")
+    assert any("--trainer.precision=bf16-mixed" in c.args for c in plain)
+    assert all(c.args == [*p.args, "--trainer.precision=32-true"] for p, c in zip(plain, fp32, strict=True))
+    assert fp32[0].signature != plain[0].signature  # a stored bf16 cell is not reused for a 32-true run
+    cell = load_suite("demo", quick=True, precision="bf16-mixed")[0]
+    args = ["--config", str(cell.trainer), "--config", str(cell.data), "--config", str(cell.model), *cell.args]
+    assert make_cli(args, run=False).config.trainer.precision == "bf16-mixed"
+    with pytest.raises(ValueError, match="precision='fp8' is not allowed"):
+        load_suite("demo", precision="fp8")
+    with pytest.raises(SystemExit):
+        main(["--suite", "demo", "--out", "x", "--precision", "fp8"])
