@@ -172,6 +172,11 @@ class IsolationState(nn.Module):
             # how far below the typical sample the flagged set sits: a trap fits its catch near-perfectly
             separations.append(float(log_score[h][valid].median() - log_score[h][order].mean()))
         criterion = separations if cfg.head_selection == "separation" else shares
+        if cfg.head_selection == "label_share" and int(self.suspected_target) >= 0:
+            # once a target is suspected, the head whose flagged set holds the most samples given that
+            # label: an easy clean class dominating another head's flagged set must not take the choice
+            suspected = int(self.suspected_target)
+            criterion = [float((self.given[flag] == suspected).sum()) for flag in flags]
         head = (
             cfg.fixed_head if cfg.fixed_head is not None else max(range(len(shares)), key=lambda i: (criterion[i], -i))
         )

@@ -130,3 +130,30 @@ def test_min_label_share_guards_against_a_mixed_flagged_set():
     assert int(state.suspected_target) == -1 and not state.isolated.any()
     (guarded,) = _run(split=False, min_label_share=0.6)  # a real trap (share 1.0) still passes the guard
     assert int(guarded.suspected_target) == 0 and guarded.isolated[:8].all()
+
+
+def test_label_share_keeps_the_head_that_holds_the_suspected_target():
+    """Once a target is suspected, an easy clean class that dominates the other head's flagged set more
+    than the target dominates the trapping head's must not take the head choice (and the cleansing) away."""
+    given = torch.arange(N) % K
+    poisoned = torch.arange(N) < 8
+    given = torch.where(poisoned, torch.zeros_like(given), given)
+    easy = torch.nonzero((given == 1) & ~poisoned).flatten()[:8]  # an easy clean class, for head 1
+    cfg = DecisionConfig(
+        warmup_epochs=1, isolation_ratio=0.2, target_patience=2, score="epoch", head_selection="label_share"
+    )
+    state = IsolationState(N, K, H)
+    for epoch in range(6):
+        loss = torch.rand(H, N, generator=torch.Generator().manual_seed(epoch)) + 1.0  # [H, N]
+        loss[0, :8] = 0.01  # head 0 traps the poisons
+        if epoch >= 3:  # later: head 1 fits 8 easy clean samples, head 0 flags 2 clean ones beside 6 poisons
+            loss[0, 6:8] = 1.5
+            loss[0, torch.nonzero(given == 2).flatten()[:2]] = 0.02
+            loss[1, easy] = 0.001
+        state.reset_accumulators()
+        state.accumulate(torch.arange(N), loss, torch.full((N, K), 1.0 / K), given)
+        logs = state.decide(epoch, cfg)
+        if epoch >= 3:  # head 1's flagged set is all one label (share 1.0), head 0's is 75% the target
+            assert logs["train/shallow_head"] == 0.0, f"epoch {epoch}: the head choice left the target's head"
+    assert int(state.suspected_target) == 0
+    assert torch.equal(state.isolated, torch.arange(N) < 6), "the trapped poisons, not the easy clean class"
