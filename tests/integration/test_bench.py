@@ -159,11 +159,12 @@ def test_gpu_suite_schedules_fill_the_fit():
             assert sum(resolve_schedule(args["schedule"], **phases)) == 100, model.name
 
 
-def test_abl_anchor_suite_runs_abl_on_its_own_network():
+@pytest.mark.parametrize("suite", ["abl_anchor", "abl_anchor_digits"])
+def test_abl_anchor_suite_runs_abl_on_its_own_network(suite):
     """ABL's schedule spans the suite's epochs, on WRN-16-1, beside the same network undefended and under E2ABL."""
     from e2abl_lightning.models.baselines.abl import resolve_schedule
 
-    cells = load_suite("abl_anchor")
+    cells = load_suite(suite)
     assert len(cells) == 3 * 3 and {c.defense for c in cells} == {"no_defense", "abl", "e2abl"}
     for model in {c.model for c in cells}:
         args = yaml.safe_load(model.read_text())["model"]["init_args"]
@@ -240,3 +241,18 @@ def test_precision_override_reaches_every_cell_and_the_trainer():
         load_suite("demo", precision="fp8")
     with pytest.raises(SystemExit):
         main(["--suite", "demo", "--out", "x", "--precision", "fp8"])
+
+
+@pytest.mark.slow
+def test_abl_anchor_digits_cell_isolates_poisons_and_unlearning_lowers_asr(tmp_path, monkeypatch):
+    """ABL's anchor behaviour on bundled data, through the benchmark's own code path: on the digits
+    suite's seed-0 cell the isolated 1% is mostly poisoned and the ascent takes ASR far down."""
+    monkeypatch.chdir(tmp_path)
+    cell = next(c for c in load_suite("abl_anchor_digits") if c.defense == "abl" and c.seed == 0)
+    row = run_cell(cell, tmp_path / "out")
+    metrics = list(csv.DictReader(open(next((tmp_path / "out" / "cells").rglob("metrics.csv")))))
+    val_asr = {int(r["epoch"]): float(r["val/asr"]) for r in metrics if r.get("val/asr")}
+    before = val_asr[5]  # the evaluation-only first unlearning epoch: the model before any ascent
+    print(f"isolation precision {row['iso_precision']:.2f}, ASR {before:.3f} -> test {row['asr']:.3f}")
+    assert row["iso_precision"] > 0.5, "ABL's isolated 1% should be mostly poisoned"
+    assert before > 0.9 and row["asr"] < 0.3, f"ASR {before:.3f} -> {row['asr']:.3f}: the ascent did not remove it"
