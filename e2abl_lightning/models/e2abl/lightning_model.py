@@ -68,7 +68,7 @@ class E2ABL(BackdoorClassifier):
             others only left out of the main loss (0 or less: ascend on all).
         head_selection: with several shallow heads, use each epoch the one whose flagged set sits
             furthest below the median log-score (``"separation"``) or is most dominated by one given
-            label (``"label_share"``).
+            label (``"label_share"``; once a target is suspected, that holds the most samples given it).
         min_label_share: a label becomes the candidate target only when it holds at least this share
             of the chosen head's flagged set (0: always). Without a backdoor the flagged set is the
             easiest clean samples, a mix; a guard against splitting a clean class.
