@@ -159,13 +159,14 @@ class IsolationState(nn.Module):
         score = self.scores(cfg.score)  # [H, N]
         valid = self.given >= 0
         k = int(round(cfg.isolation_ratio * int(valid.sum())))
-        shares, majors, flags, separations = [], [], [], []
+        shares, majors, flags, separations, label_counts = [], [], [], [], []
         log_score = torch.log(score.clamp(min=1e-12))  # [H, N]
         for h in range(score.shape[0]):
             order = torch.sort(score[h], stable=True).indices[:k]  # ties -> lower index
             flag = torch.zeros_like(self.flagged)
             flag[order] = True
             counts = torch.bincount(self.given[order].clamp(min=0), minlength=self.pred_ema.shape[1])
+            label_counts.append(counts)
             shares.append(float(counts.max()) / max(k, 1))
             majors.append(int(counts.argmax()))
             flags.append(flag)
@@ -175,8 +176,7 @@ class IsolationState(nn.Module):
         if cfg.head_selection == "label_share" and int(self.suspected_target) >= 0:
             # once a target is suspected, the head whose flagged set holds the most samples given that
             # label: an easy clean class dominating another head's flagged set must not take the choice
-            suspected = int(self.suspected_target)
-            criterion = [float((self.given[flag] == suspected).sum()) for flag in flags]
+            criterion = [float(counts[int(self.suspected_target)]) for counts in label_counts]
         head = (
             cfg.fixed_head if cfg.fixed_head is not None else max(range(len(shares)), key=lambda i: (criterion[i], -i))
         )
