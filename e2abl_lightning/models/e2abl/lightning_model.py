@@ -72,6 +72,10 @@ class E2ABL(BackdoorClassifier):
         min_label_share: a label becomes the candidate target only when it holds at least this share
             of the chosen head's flagged set (0: always). Without a backdoor the flagged set is the
             easiest clean samples, a mix; a guard against splitting a clean class.
+        clean_label_separation: when no label passes ``min_label_share``, take as the candidate target
+            the class whose main-head log-losses split into two clusters at least this far apart
+            (Ashman's D; a clean-label attack such as SIG fits its poisons far below the class's clean
+            samples); 0 turns this off.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class E2ABL(BackdoorClassifier):
         split_min_gap: float = 1.0,
         head_selection: Literal["separation", "label_share"] = "separation",
         min_label_share: float = 0.0,
+        clean_label_separation: float = 0.0,
     ) -> None:
         super().__init__(backbone, num_classes, input_shape, optimizer, scheduler)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
@@ -128,6 +133,10 @@ class E2ABL(BackdoorClassifier):
             raise ValueError(f"ema_momentum={ema_momentum} must be in [0, 1)")
         if not 0.0 <= min_label_share < 1.0:
             raise ValueError(f"min_label_share={min_label_share} must be in [0, 1), e.g. 0.4 on large image sets")
+        if not 0.0 <= clean_label_separation < float("inf"):
+            raise ValueError(
+                f"clean_label_separation={clean_label_separation} must be finite and >= 0 (0: off), e.g. 3.5"
+            )
         if not 0.0 <= recovery_threshold <= 1.0:
             raise ValueError(f"recovery_threshold={recovery_threshold} must be in [0, 1]")
         self.net = TwoHeadNet(
@@ -159,6 +168,7 @@ class E2ABL(BackdoorClassifier):
             split_min_gap=split_min_gap,
             head_selection=head_selection,
             min_label_share=min_label_share,
+            clean_label_separation=clean_label_separation,
         )
         self.state = IsolationState(0, self.num_classes, len(shallow_poolings))
         # DDP broadcasts rank 0's buffers before every forward: that would overwrite the other ranks'

@@ -70,6 +70,7 @@ class DecisionConfig:
     head_selection: str = "separation"
     fixed_head: int | None = None
     min_label_share: float = 0.0
+    clean_label_separation: float = 0.0
 
 
 class IsolationState(nn.Module):
@@ -184,6 +185,13 @@ class IsolationState(nn.Module):
         self.flagged.copy_(flags[head])
 
         major = majors[head] if shares[head] >= cfg.min_label_share else -1  # -1: no candidate this epoch
+        separations_by_class = class_separations(probs, self.given, seen)  # [K]
+        best = int(torch.argmax(separations_by_class))
+        if 0 < cfg.clean_label_separation <= float(separations_by_class[best]):
+            # a class whose members split into a near-zero-loss cluster far below the rest (poisons fitted
+            # through the trigger, its clean samples above them) outranks the label share: clean-label
+            # poisons carry their true label, so an easy clean class can dominate the flagged set instead
+            major = best
         if major == int(self.candidate_target):
             self.candidate_streak += 1
         else:
@@ -223,6 +231,7 @@ class IsolationState(nn.Module):
             "train/shallow_head": float(head),
             "train/flagged_label_share": shares[head],
             "train/flagged_separation": separations[head],
+            "train/class_separation_max": float(separations_by_class.max()),
         }
 
     def oracle_metrics(self) -> dict[str, float]:
@@ -241,23 +250,59 @@ class IsolationState(nn.Module):
         return out
 
 
+def _otsu_cut(values: Tensor) -> int:
+    """Size of the low cluster of Otsu's cut of sorted ``values`` ``[M]`` (M >= 2): the cut maximising
+    the between-cluster variance."""
+    m = values.shape[0]
+    csum = values.cumsum(0)  # [M]
+    i = torch.arange(1, m, dtype=torch.float64, device=values.device)  # size of the low cluster
+    low = csum[:-1] / i
+    high = (csum[-1] - csum[:-1]) / (m - i)
+    return int(torch.argmax(i * (m - i) * (low - high) ** 2)) + 1
+
+
 def otsu_threshold(score: Tensor, members: Tensor) -> float:
-    """Otsu's threshold on the ``members``' log-scores: the cut maximising the between-cluster variance.
+    """Otsu's threshold on the ``members``' log-scores.
 
     Used within the suspected target class, where the scores are bimodal: trapped poisons near zero
     loss and the class's clean samples. Returns -inf when fewer than two members.
     """
     values = torch.log(score[members].clamp(min=1e-12)).double().sort().values  # [M]
-    m = values.shape[0]
-    if m < 2:
+    if values.shape[0] < 2:
         return float("-inf")
-    csum = values.cumsum(0)  # [M]
-    i = torch.arange(1, m, dtype=torch.float64)  # size of the low cluster
-    low = csum[:-1] / i
-    high = (csum[-1] - csum[:-1]) / (m - i)
-    between = i * (m - i) * (low - high) ** 2
-    best = int(torch.argmax(between))
-    return float((values[best] + values[best + 1]) / 2)
+    n = _otsu_cut(values)
+    return float((values[n - 1] + values[n]) / 2)
+
+
+def ashman_d(values: Tensor) -> float:
+    """Ashman's D of Otsu's two clusters of ``values``: the distance between their means in units of
+    the pooled within-cluster standard deviation (a split unimodal bell gives about 2.7; well-separated
+    modes more). Returns 0.0 for fewer than four values."""
+    v = values.double().sort().values  # [M]
+    if v.shape[0] < 4:
+        return 0.0
+    n = _otsu_cut(v)
+    low, high = v[:n], v[n:]
+    within = (low.var(unbiased=False) * n + high.var(unbiased=False) * (v.shape[0] - n)) / v.shape[0]
+    return float((high.mean() - low.mean()) / within.sqrt().clamp(min=1e-12))
+
+
+def class_separations(probs: Tensor, given: Tensor, seen: Tensor, floor: float = 1e-6) -> Tensor:
+    """Per class, Ashman's D of the main head's log-loss on its members' given label, ``[K]``.
+
+    ``probs`` ``[N, K]`` is the epoch's mean softmax; losses are floored at ``floor`` so that samples
+    fitted to the last float digit do not form a cluster of their own. A clean-label backdoor (SIG)
+    shows as one class whose poisoned members sit orders of magnitude below its clean ones.
+    """
+    k = probs.shape[1]
+    out = torch.zeros(k, dtype=torch.float64, device=probs.device)
+    valid = seen & (given >= 0)
+    label = given.clamp(min=0)
+    loss = -torch.log(probs.gather(1, label.unsqueeze(1)).squeeze(1).clamp(min=1e-12))  # [N]
+    log_loss = torch.log(loss.clamp(min=floor))
+    for c in range(k):
+        out[c] = ashman_d(log_loss[valid & (label == c)])
+    return out
 
 
 def split_by_gap(score: Tensor, members: Tensor, min_gap: float) -> Tensor:

@@ -2,7 +2,7 @@
 
 import torch
 
-from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState, otsu_threshold, split_by_gap
+from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState, ashman_d, otsu_threshold, split_by_gap
 
 N, K, H = 40, 3, 2
 
@@ -157,3 +157,71 @@ def test_label_share_keeps_the_head_that_holds_the_suspected_target():
             assert logs["train/shallow_head"] == 0.0, f"epoch {epoch}: the head choice left the target's head"
     assert int(state.suspected_target) == 0
     assert torch.equal(state.isolated, torch.arange(N) < 6), "the trapped poisons, not the easy clean class"
+
+
+def test_ashman_d_separates_two_modes_from_one():
+    g = torch.Generator().manual_seed(0)
+    one = torch.randn(400, generator=g)  # a unimodal bell: Otsu's split of it gives about 2.7
+    two = torch.cat([torch.randn(300, generator=g) - 6.0, torch.randn(100, generator=g)])
+    assert 2.0 < ashman_d(one) < 3.0
+    assert ashman_d(two) > 5.0
+    assert ashman_d(torch.tensor([1.0, 2.0])) == 0.0  # too few values
+
+
+def _clean_label_epoch(epoch: int, poisoned: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Balanced labels. The main head fits 10 of class 2's 14 members (clean-label poisons, labels kept)
+    to a loss near 1e-5 and everything else to losses spread around 0.3; head 0 traps those poisons but
+    also fits the easy clean class 1, which then dominates its flagged set (SIG on Fashion-MNIST: trousers)."""
+    g = torch.Generator().manual_seed(epoch)
+    given = torch.arange(N) % K  # [N]
+    log_loss = torch.empty(N)
+    for c in range(K):  # each class's log-losses: a bell (normal quantiles), in a random order
+        members = torch.nonzero(given == c).flatten()
+        m = len(members)
+        bell = torch.distributions.Normal(0.0, 0.8).icdf((torch.arange(m) + 0.5) / m)
+        log_loss[members] = torch.log(torch.tensor(0.3)) + bell[torch.randperm(m, generator=g)]
+    loss = torch.rand(H, N, generator=g) + 0.5  # [H, N]
+    loss[0, given == 1] = 0.005 * torch.rand(int((given == 1).sum()), generator=g)
+    if poisoned:
+        log_loss[POISONS] = torch.log(torch.tensor(1e-5)) + 0.3 * torch.randn(len(POISONS), generator=g)
+        loss[0, POISONS] = 0.01 + 0.01 * torch.rand(len(POISONS), generator=g)
+    p_given = torch.exp(-log_loss.exp())  # the main head's probability of the given label
+    probs = ((1 - p_given) / (K - 1)).unsqueeze(1).repeat(1, K)  # [N, K]
+    probs.scatter_(1, given.unsqueeze(1), p_given.unsqueeze(1))
+    return given, loss, probs
+
+
+POISONS = torch.nonzero(torch.arange(N) % K == 2).flatten()[:10]
+
+
+def _clean_label_run(threshold: float, poisoned: bool = True) -> tuple[IsolationState, dict[str, float]]:
+    state = IsolationState(N, K, H)
+    cfg = DecisionConfig(
+        warmup_epochs=1,
+        isolation_ratio=0.3,
+        min_label_share=0.6,
+        cleanse_scope="target_split",
+        clean_label_separation=threshold,
+    )
+    for epoch in range(4):
+        given, loss, probs = _clean_label_epoch(epoch, poisoned)
+        state.reset_accumulators()
+        state.accumulate(torch.arange(N), loss, probs, given)
+        logs = state.decide(epoch, cfg)
+    return state, logs
+
+
+def test_clean_label_separation_outranks_an_easy_clean_class():
+    """Clean-label poisons keep their true label, so an easy clean class can hold the flagged set's largest
+    share; the class whose main-head losses split into a separated low cluster is the target instead."""
+    without, _ = _clean_label_run(0.0)
+    assert int(without.suspected_target) == 1, "label share alone suspects the easy clean class"
+    state, logs = _clean_label_run(3.4)
+    assert logs["train/class_separation_max"] > 3.4
+    assert int(state.suspected_target) == 2
+    poisons = torch.zeros(N, dtype=torch.bool)
+    poisons[POISONS] = True
+    assert torch.equal(state.isolated, poisons), "Otsu's split of the target class isolates the poisons"
+    clean, logs = _clean_label_run(3.4, poisoned=False)  # no separated cluster: label share decides as before
+    assert logs["train/class_separation_max"] < 3.4
+    assert int(clean.suspected_target) == 1
