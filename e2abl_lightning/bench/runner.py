@@ -313,7 +313,7 @@ def run_suite(cells: list[Cell], out: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``e2abl-bench --suite NAME|PATH --out DIR [--quick] [--shard I/N] [--precision P]``."""
+    """``e2abl-bench --suite NAME|PATH --out DIR [--quick] [--shard I/N] [--precision P] [--defenses D ...]``."""
     parser = argparse.ArgumentParser(prog="e2abl-bench", description=__doc__)
     parser.add_argument("--suite", required=True, help="suite name under configs/suite/ or a YAML path")
     parser.add_argument("--out", required=True, type=Path, help="results directory (finished cells are reused)")
@@ -324,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
         choices=PRECISIONS,
         help="override every cell's trainer precision; 32-true on CPUs without native bf16 (AVX2 only), where "
         "the suites' bf16-mixed autocast runs several times slower",
+    )
+    parser.add_argument(
+        "--defenses", nargs="+", metavar="NAME", help="run only these defenses' cells (e.g. after a change to one)"
     )
     args = parser.parse_args(argv)
     try:
@@ -338,6 +341,12 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     cells = load_suite(args.suite, args.quick, args.precision)
+    if args.defenses:
+        known = sorted({c.defense for c in cells})
+        unknown = [d for d in args.defenses if d not in known]
+        if unknown:
+            parser.error(f"--defenses {unknown} not in suite {args.suite!r}; its defenses: {known}")
+        cells = [c for c in cells if c.defense in args.defenses]
     rows = run_suite(cells[shard::shards], args.out)
     print(summarise(rows))
     plots = [p.name for p in (args.out / "ca_vs_asr.png", args.out / "poison_rate_curve.png") if p.is_file()]

@@ -75,6 +75,22 @@ def test_unknown_suite_names_the_known_ones():
         load_suite("no-such-suite")
 
 
+def test_defenses_flag_runs_only_the_named_defenses(tmp_path, monkeypatch, capsys):
+    import e2abl_lightning.bench.runner as runner
+
+    ran = []
+    monkeypatch.setattr(runner, "run_suite", lambda cells, out: ran.extend(cells) or [])
+    monkeypatch.setattr(runner, "summarise", lambda rows: "")
+    main(["--suite", "fashionmnist", "--out", str(tmp_path), "--defenses", "e2abl"])
+    assert len(ran) == 9 and {c.defense for c in ran} == {"e2abl"}
+    with pytest.raises(SystemExit):
+        main(["--suite", "fashionmnist", "--out", str(tmp_path), "--defenses", "e2abI"])
+    assert (
+        "--defenses ['e2abI'] not in suite 'fashionmnist'; its defenses: ['clean_oracle', 'e2abl', 'no_defense']"
+        in (capsys.readouterr().err)
+    )
+
+
 def test_summary_table_der_and_time_ratio():
     base = {"setting": "s", "seed": 0, "ra": 0.0, "iso_precision": math.nan, "iso_recall": math.nan}
     rows = [
