@@ -76,6 +76,9 @@ class E2ABL(BackdoorClassifier):
             the class whose main-head log-losses split into two clusters at least this far apart
             (Ashman's D; a clean-label attack such as SIG fits its poisons far below the class's clean
             samples); 0 turns this off.
+        min_head_contrast: a label-share candidate is taken only when the other shallow heads rank its
+            flagged samples at least this high on average (0 = lowest, 1 = highest score): a trap is
+            specific to its pooling, an easy clean class is easy for every head; 0 turns this off.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class E2ABL(BackdoorClassifier):
         head_selection: Literal["separation", "label_share"] = "separation",
         min_label_share: float = 0.0,
         clean_label_separation: float = 0.0,
+        min_head_contrast: float = 0.0,
     ) -> None:
         super().__init__(backbone, num_classes, input_shape, optimizer, scheduler)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
@@ -137,6 +141,8 @@ class E2ABL(BackdoorClassifier):
             raise ValueError(
                 f"clean_label_separation={clean_label_separation} must be finite and >= 0 (0: off), e.g. 3.5"
             )
+        if not 0.0 <= min_head_contrast < 1.0:
+            raise ValueError(f"min_head_contrast={min_head_contrast} must be in [0, 1) (0: off), e.g. 0.2")
         if not 0.0 <= recovery_threshold <= 1.0:
             raise ValueError(f"recovery_threshold={recovery_threshold} must be in [0, 1]")
         self.net = TwoHeadNet(
@@ -169,6 +175,7 @@ class E2ABL(BackdoorClassifier):
             head_selection=head_selection,
             min_label_share=min_label_share,
             clean_label_separation=clean_label_separation,
+            min_head_contrast=min_head_contrast,
         )
         self.state = IsolationState(0, self.num_classes, len(shallow_poolings))
         # DDP broadcasts rank 0's buffers before every forward: that would overwrite the other ranks'

@@ -71,6 +71,7 @@ class DecisionConfig:
     fixed_head: int | None = None
     min_label_share: float = 0.0
     clean_label_separation: float = 0.0
+    min_head_contrast: float = 0.0
 
 
 class IsolationState(nn.Module):
@@ -185,6 +186,9 @@ class IsolationState(nn.Module):
         self.flagged.copy_(flags[head])
 
         major = majors[head] if shares[head] >= cfg.min_label_share else -1  # -1: no candidate this epoch
+        contrast = head_contrast(score, head, flags[head] & (self.given == majors[head]))
+        if major >= 0 and contrast < cfg.min_head_contrast:
+            major = -1  # the other heads find the same samples easy: an easy clean class, not a trap
         separations_by_class = class_separations(probs, self.given, seen)  # [K]
         best = int(torch.argmax(separations_by_class))
         if 0 < cfg.clean_label_separation <= float(separations_by_class[best]):
@@ -232,6 +236,7 @@ class IsolationState(nn.Module):
             "train/flagged_label_share": shares[head],
             "train/flagged_separation": separations[head],
             "train/class_separation_max": float(separations_by_class.max()),
+            "train/flagged_head_contrast": contrast,
         }
 
     def oracle_metrics(self) -> dict[str, float]:
@@ -248,6 +253,26 @@ class IsolationState(nn.Module):
         correct = (self.recovered == self.oracle_true) & found
         out["isolation/recovery_acc"] = float(correct.sum() / found.sum().clamp(min=1))
         return out
+
+
+def head_contrast(score: Tensor, head: int, members: Tensor) -> float:
+    """Mean rank (0 = lowest score, 1 = highest) that the heads other than ``head`` give the ``members``.
+
+    A trap is specific to its pooling: the samples one head traps through a trigger are not easy for a
+    head that cannot see that trigger (the other heads rank them mid-way or high), while an easy clean
+    class is easy for every head (ranked near 0). ``score`` is ``[H, N]``; returns 1.0 with one head
+    or no members, so the check passes.
+    """
+    others = [h for h in range(score.shape[0]) if h != head]
+    if not others or int(members.sum()) == 0:
+        return 1.0
+    n = score.shape[1]
+    ranks = []
+    for h in others:
+        rank = torch.empty(n, dtype=torch.float64, device=score.device)
+        rank[torch.sort(score[h], stable=True).indices] = torch.arange(n, dtype=torch.float64, device=score.device)
+        ranks.append(float(rank[members].mean()) / max(n - 1, 1))
+    return min(ranks)
 
 
 def _otsu_cut(values: Tensor) -> int:

@@ -225,3 +225,21 @@ def test_clean_label_separation_outranks_an_easy_clean_class():
     clean, logs = _clean_label_run(3.4, poisoned=False)  # no separated cluster: label share decides as before
     assert logs["train/class_separation_max"] < 3.4
     assert int(clean.suspected_target) == 1
+
+
+def test_min_head_contrast_rejects_a_class_that_every_head_finds_easy():
+    """A trap is specific to its head's pooling; an easy clean class is easy for both heads and is not
+    taken as the target, however much of the flagged set it holds."""
+    given = torch.arange(N) % K
+    cfg = DecisionConfig(warmup_epochs=1, isolation_ratio=0.3, min_label_share=0.6, min_head_contrast=0.2)
+    state = IsolationState(N, K, H)
+    for epoch in range(4):
+        loss = torch.rand(H, N, generator=torch.Generator().manual_seed(epoch)) + 1.0  # [H, N]
+        loss[:, given == 1] = 0.01  # class 1 is easy for both heads
+        state.reset_accumulators()
+        state.accumulate(torch.arange(N), loss, torch.full((N, K), 1.0 / K), given)
+        logs = state.decide(epoch, cfg)
+    assert logs["train/flagged_label_share"] >= 0.6 and logs["train/flagged_head_contrast"] < 0.2
+    assert int(state.suspected_target) == -1 and not state.isolated.any()
+    (trapped,) = _run(split=False, min_label_share=0.6, min_head_contrast=0.2)  # head 0 alone traps the poisons
+    assert int(trapped.suspected_target) == 0 and trapped.isolated[:8].all()
