@@ -50,7 +50,16 @@ _DTYPES = {
     "oracle_true": torch.long,
 }
 _FILL = {"given": -1, "recovered": -1, "first_flagged": -1, "acc_given": -1, "oracle_poisoned": -1, "oracle_true": -1}
-_SCALARS = ("suspected_target", "candidate_target", "candidate_streak", "head_choice", "epochs_decided")
+#: ``target_source``: how the suspected target was named, 0 by the flagged set's label share, 1 by the
+#: main head's class separation (``clean_label_separation``), -1 not yet
+_SCALARS = (
+    "suspected_target",
+    "candidate_target",
+    "candidate_streak",
+    "head_choice",
+    "epochs_decided",
+    "target_source",
+)
 _SUM = ("acc_loss", "acc_count", "acc_prob")
 _MAX = ("acc_given", "oracle_poisoned", "oracle_true")
 
@@ -191,7 +200,8 @@ class IsolationState(nn.Module):
             major = -1  # the other heads find the same samples easy: an easy clean class, not a trap
         separations_by_class = class_separations(probs, self.given, seen)  # [K]
         best = int(torch.argmax(separations_by_class))
-        if 0 < cfg.clean_label_separation <= float(separations_by_class[best]):
+        by_separation = 0 < cfg.clean_label_separation <= float(separations_by_class[best]) and best != major
+        if by_separation:
             # a class whose members split into a near-zero-loss cluster far below the rest (poisons fitted
             # through the trigger, its clean samples above them) outranks the label share: clean-label
             # poisons carry their true label, so an easy clean class can dominate the flagged set instead
@@ -201,20 +211,33 @@ class IsolationState(nn.Module):
         else:
             self.candidate_target.fill_(major)
             self.candidate_streak.fill_(1)
-        if major >= 0 and int(self.suspected_target) < 0 and int(self.candidate_streak) >= cfg.target_patience:
+        newly = major >= 0 and int(self.suspected_target) < 0 and int(self.candidate_streak) >= cfg.target_patience
+        if newly:
             self.suspected_target.fill_(major)
+            self.target_source.fill_(int(by_separation))
         target = int(self.suspected_target)
 
-        if cfg.cleanse_scope == "all_flagged":
-            self.isolated.copy_(self.flagged)
-        elif cfg.cleanse_scope == "target_split" and target >= 0:
-            members = (self.given == target) & torch.isfinite(score[head])
-            self.isolated.copy_(members & (log_score[head] < otsu_threshold(score[head], members)))
-        elif target >= 0:
-            self.isolated.copy_(self.flagged & (self.given == target))
+        if cfg.cleanse_scope == "target_split" and target >= 0 and int(self.target_source) == 1:
+            # named by the main head's split: cut the class there, once. The shallow heads need not trap
+            # the trigger (FTrojan's frequency pattern), and the ascent then lifts the isolated samples'
+            # main-head loss, so this view is only clean before the cleansing starts: the set is kept
+            if newly:
+                main_loss = -torch.log(probs.gather(1, self.given.clamp(min=0).unsqueeze(1)).squeeze(1).clamp(1e-12))
+                members = (self.given == target) & seen
+                cut = otsu_threshold(main_loss.clamp(min=1e-6), members)
+                self.isolated.copy_(members & (torch.log(main_loss.clamp(min=1e-6)) < cut))
+                self.ascend.copy_(self.isolated & split_by_gap(main_loss, self.isolated, cfg.split_min_gap))
         else:
-            self.isolated.zero_()
-        self.ascend.copy_(self.isolated & split_by_gap(score[head], self.isolated, cfg.split_min_gap))
+            if cfg.cleanse_scope == "all_flagged":
+                self.isolated.copy_(self.flagged)
+            elif cfg.cleanse_scope == "target_split" and target >= 0:
+                members = (self.given == target) & torch.isfinite(score[head])
+                self.isolated.copy_(members & (log_score[head] < otsu_threshold(score[head], members)))
+            elif target >= 0:
+                self.isolated.copy_(self.flagged & (self.given == target))
+            else:
+                self.isolated.zero_()
+            self.ascend.copy_(self.isolated & split_by_gap(score[head], self.isolated, cfg.split_min_gap))
         self.flag_count += self.flagged.long()
         self.first_flagged.copy_(torch.where(self.flagged & (self.first_flagged < 0), epoch, self.first_flagged))
 

@@ -219,9 +219,26 @@ def test_clean_label_separation_outranks_an_easy_clean_class():
     state, logs = _clean_label_run(3.4)
     assert logs["train/class_separation_max"] > 3.4
     assert int(state.suspected_target) == 2
+    assert int(state.target_source) == 1 and int(without.target_source) == 0
     poisons = torch.zeros(N, dtype=torch.bool)
     poisons[POISONS] = True
-    assert torch.equal(state.isolated, poisons), "Otsu's split of the target class isolates the poisons"
+    assert torch.equal(state.isolated, poisons), "Otsu's split of the main head's losses isolates the poisons"
+    # the ascent then lifts the isolated samples' main-head loss: the set named by that view is kept
+    given, loss, probs = _clean_label_epoch(4)
+    probs[POISONS] = torch.full((len(POISONS), K), 1.0 / K)
+    state.reset_accumulators()
+    state.accumulate(torch.arange(N), loss, probs, given)
+    state.decide(
+        4,
+        DecisionConfig(
+            warmup_epochs=1,
+            isolation_ratio=0.3,
+            min_label_share=0.6,
+            cleanse_scope="target_split",
+            clean_label_separation=3.4,
+        ),
+    )
+    assert int(state.suspected_target) == 2 and torch.equal(state.isolated, poisons)
     clean, logs = _clean_label_run(3.4, poisoned=False)  # no separated cluster: label share decides as before
     assert logs["train/class_separation_max"] < 3.4
     assert int(clean.suspected_target) == 1
