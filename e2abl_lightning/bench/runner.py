@@ -312,8 +312,13 @@ def run_suite(cells: list[Cell], out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _cell_key(cell: Cell, key: str) -> str:
+    return cell.defense if key == "defense" else cell.data.stem
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``e2abl-bench --suite NAME|PATH --out DIR [--quick] [--shard I/N] [--precision P] [--defenses D ...]``."""
+    """``e2abl-bench --suite NAME|PATH --out DIR [--quick] [--shard I/N] [--precision P] [--defenses D ...]
+    [--datasets D ...]``."""
     parser = argparse.ArgumentParser(prog="e2abl-bench", description=__doc__)
     parser.add_argument("--suite", required=True, help="suite name under configs/suite/ or a YAML path")
     parser.add_argument("--out", required=True, type=Path, help="results directory (finished cells are reused)")
@@ -328,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--defenses", nargs="+", metavar="NAME", help="run only these defenses' cells (e.g. after a change to one)"
     )
+    parser.add_argument("--datasets", nargs="+", metavar="NAME", help="run only these data configs' cells (by stem)")
     args = parser.parse_args(argv)
     try:
         shard, shards = (int(v) for v in args.shard.split("/"))
@@ -341,12 +347,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     cells = load_suite(args.suite, args.quick, args.precision)
-    if args.defenses:
-        known = sorted({c.defense for c in cells})
-        unknown = [d for d in args.defenses if d not in known]
-        if unknown:
-            parser.error(f"--defenses {unknown} not in suite {args.suite!r}; its defenses: {known}")
-        cells = [c for c in cells if c.defense in args.defenses]
+    for flag, names, key in (("--defenses", args.defenses, "defense"), ("--datasets", args.datasets, "data")):
+        if names:
+            known = sorted({_cell_key(c, key) for c in cells})
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                parser.error(f"{flag} {unknown} not in suite {args.suite!r}; its {flag[2:]}: {known}")
+            cells = [c for c in cells if _cell_key(c, key) in names]
     rows = run_suite(cells[shard::shards], args.out)
     print(summarise(rows))
     plots = [p.name for p in (args.out / "ca_vs_asr.png", args.out / "poison_rate_curve.png") if p.is_file()]

@@ -75,7 +75,7 @@ def test_unknown_suite_names_the_known_ones():
         load_suite("no-such-suite")
 
 
-def test_defenses_flag_runs_only_the_named_defenses(tmp_path, monkeypatch, capsys):
+def test_defenses_and_datasets_flags_run_only_the_named_cells(tmp_path, monkeypatch, capsys):
     import e2abl_lightning.bench.runner as runner
 
     ran = []
@@ -83,6 +83,9 @@ def test_defenses_flag_runs_only_the_named_defenses(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(runner, "summarise", lambda rows: "")
     main(["--suite", "fashionmnist", "--out", str(tmp_path), "--defenses", "e2abl"])
     assert len(ran) == 9 and {c.defense for c in ran} == {"e2abl"}
+    ran.clear()
+    main(["--suite", "fashionmnist", "--out", str(tmp_path), "--datasets", "fashionmnist_sig", "--defenses", "e2abl"])
+    assert [(c.data.stem, c.defense) for c in ran] == [("fashionmnist_sig", "e2abl")]
     with pytest.raises(SystemExit):
         main(["--suite", "fashionmnist", "--out", str(tmp_path), "--defenses", "e2abI"])
     assert (
