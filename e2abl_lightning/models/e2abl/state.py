@@ -200,11 +200,15 @@ class IsolationState(nn.Module):
             major = -1  # the other heads find the same samples easy: an easy clean class, not a trap
         separations_by_class = class_separations(probs, self.given, seen)  # [K]
         best = int(torch.argmax(separations_by_class))
-        by_separation = 0 < cfg.clean_label_separation <= float(separations_by_class[best]) and best != major
+        early = int(self.epochs_decided) < cfg.target_patience  # the first decisions only
+        passes = 0 < cfg.clean_label_separation <= float(separations_by_class[best])
+        by_separation = early and passes and best != major
         if by_separation:
             # a class whose members split into a near-zero-loss cluster far below the rest (poisons fitted
             # through the trigger, its clean samples above them) outranks the label share: clean-label
-            # poisons carry their true label, so an easy clean class can dominate the flagged set instead
+            # poisons carry their true label, so an easy clean class can dominate the flagged set instead.
+            # Early only: a trigger is learned first, while an easy clean class's losses pile up at the
+            # floor later in training and split off too (trousers on clean Fashion-MNIST from epoch 4)
             major = best
         if major == int(self.candidate_target):
             self.candidate_streak += 1

@@ -260,3 +260,18 @@ def test_min_head_contrast_rejects_a_class_that_every_head_finds_easy():
     assert int(state.suspected_target) == -1 and not state.isolated.any()
     (trapped,) = _run(split=False, min_label_share=0.6, min_head_contrast=0.2)  # head 0 alone traps the poisons
     assert int(trapped.suspected_target) == 0 and trapped.isolated[:8].all()
+
+
+def test_clean_label_separation_counts_on_the_first_decisions_only():
+    """A class whose losses split only late (an easy clean class piling up at the floor) is not named."""
+    state = IsolationState(N, K, H)
+    cfg = DecisionConfig(
+        warmup_epochs=1, isolation_ratio=0.3, min_label_share=0.6, target_patience=2, clean_label_separation=3.4
+    )
+    for epoch in range(6):
+        given, loss, probs = _clean_label_epoch(epoch, poisoned=epoch >= 2)  # the split appears after 2 decisions
+        state.reset_accumulators()
+        state.accumulate(torch.arange(N), loss, probs, given)
+        logs = state.decide(epoch, cfg)
+        assert logs["train/candidate_target"] != 2.0
+    assert logs["train/class_separation_max"] > 3.4
