@@ -230,7 +230,7 @@ class IsolationState(nn.Module):
                 members = (self.given == target) & seen
                 cut = otsu_threshold(main_loss.clamp(min=1e-6), members)
                 self.isolated.copy_(members & (torch.log(main_loss.clamp(min=1e-6)) < cut))
-                self.ascend.copy_(self.isolated & split_by_gap(main_loss, self.isolated, cfg.split_min_gap))
+                self.ascend.copy_(self.isolated)  # no gap split: the poisons' main losses span decades
         else:
             if cfg.cleanse_scope == "all_flagged":
                 self.isolated.copy_(self.flagged)
