@@ -204,6 +204,11 @@ class IsolationState(nn.Module):
         passes = 0 < cfg.clean_label_separation <= float(separations_by_class[best])
         by_separation = early and passes and best != major
         if by_separation:
+            # the class's high-loss cluster must be its clean members (mostly predicted as their given
+            # label), not mislabelled poisons whose trigger is not learned yet (FTrojan: the low cluster
+            # is then the clean samples, and cutting there unlearns them)
+            by_separation = high_cluster_agreement(probs, self.given, seen, best) >= 0.5
+        if by_separation:
             # a class whose members split into a near-zero-loss cluster far below the rest (poisons fitted
             # through the trigger, its clean samples above them) outranks the label share: clean-label
             # poisons carry their true label, so an easy clean class can dominate the flagged set instead.
@@ -337,6 +342,17 @@ def ashman_d(values: Tensor) -> float:
     low, high = v[:n], v[n:]
     within = (low.var(unbiased=False) * n + high.var(unbiased=False) * (v.shape[0] - n)) / v.shape[0]
     return float((high.mean() - low.mean()) / within.sqrt().clamp(min=1e-12))
+
+
+def high_cluster_agreement(probs: Tensor, given: Tensor, seen: Tensor, label: int) -> float:
+    """Share of class ``label``'s members above Otsu's cut of their main-head log-loss whose most
+    probable class is ``label`` (``probs`` ``[N, K]``: the epoch's mean softmax); 0.0 if none."""
+    members = seen & (given == label)
+    loss = (-torch.log(probs[:, label].clamp(min=1e-12))).clamp(min=1e-6)  # [N]
+    high = members & (torch.log(loss) >= otsu_threshold(loss, members))
+    if int(high.sum()) == 0:
+        return 0.0
+    return float((probs[high].argmax(dim=1) == label).float().mean())
 
 
 def class_separations(probs: Tensor, given: Tensor, seen: Tensor, floor: float = 1e-6) -> Tensor:

@@ -276,3 +276,21 @@ def test_clean_label_separation_counts_on_the_first_decisions_only():
         logs = state.decide(epoch, cfg)
         assert logs["train/candidate_target"] != 2.0
     assert logs["train/class_separation_max"] > 3.4
+
+
+def test_clean_label_separation_ignores_a_class_whose_unfitted_members_are_mislabelled():
+    """Dirty-label poisons whose trigger is not learned yet form the high cluster (the main head predicts
+    their true class): cutting the class's low cluster would unlearn its clean samples, so it is not named."""
+    state = IsolationState(N, K, H)
+    cfg = DecisionConfig(warmup_epochs=1, isolation_ratio=0.3, min_label_share=0.6, clean_label_separation=3.4)
+    for epoch in range(4):
+        given, loss, probs = _clean_label_epoch(epoch)
+        members = torch.nonzero(given == 2).flatten()
+        fitted, unfitted = members[:10], members[10:]
+        probs[fitted] = torch.tensor([0.0, 0.0, 1.0])  # the clean members, fitted
+        probs[unfitted] = torch.tensor([0.9, 0.05, 0.05])  # the poisons, predicted as their true class 0
+        state.reset_accumulators()
+        state.accumulate(torch.arange(N), loss, probs, given)
+        logs = state.decide(epoch, cfg)
+    assert logs["train/class_separation_max"] > 3.4
+    assert int(state.suspected_target) == 1 and int(state.target_source) == 0, "label share decides, as before"
