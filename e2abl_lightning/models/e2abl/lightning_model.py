@@ -72,10 +72,11 @@ class E2ABL(BackdoorClassifier):
         min_label_share: a label becomes the candidate target only when it holds at least this share
             of the chosen head's flagged set (0: always). Without a backdoor the flagged set is the
             easiest clean samples, a mix; a guard against splitting a clean class.
-        clean_label_separation: when no label passes ``min_label_share``, take as the candidate target
-            the class whose main-head log-losses split into two clusters at least this far apart
-            (Ashman's D; a clean-label attack such as SIG fits its poisons far below the class's clean
-            samples); 0 turns this off.
+        clean_label_separation: on the first ``target_patience`` decisions, a class whose main-head
+            log-losses split into two clusters at least this far apart (Ashman's D) becomes the
+            candidate target, ahead of the label share, when its high-loss cluster mostly agrees with
+            its label (a clean-label attack such as SIG fits its poisons far below the class's clean
+            samples); such a target is cut once on those losses. 0 turns this off.
         min_head_contrast: a label-share candidate is taken only when the other shallow heads rank its
             flagged samples at least this high on average (0 = lowest, 1 = highest score): a trap is
             specific to its pooling, an easy clean class is easy for every head; 0 turns this off.

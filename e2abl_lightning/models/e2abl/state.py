@@ -198,22 +198,23 @@ class IsolationState(nn.Module):
         contrast = head_contrast(score, head, flags[head] & (self.given == majors[head]))
         if major >= 0 and contrast < cfg.min_head_contrast:
             major = -1  # the other heads find the same samples easy: an easy clean class, not a trap
-        separations_by_class = class_separations(probs, self.given, seen)  # [K]
+        main_loss = main_head_loss(probs, self.given)  # [N]
+        separations_by_class = class_separations(main_loss, self.given, seen, probs.shape[1])  # [K]
         best = int(torch.argmax(separations_by_class))
-        early = int(self.epochs_decided) < cfg.target_patience  # the first decisions only
-        passes = 0 < cfg.clean_label_separation <= float(separations_by_class[best])
-        by_separation = early and passes and best != major
+        # a class whose members split into a near-zero-loss cluster far below the rest (poisons fitted
+        # through the trigger, its clean samples above them) outranks the label share: clean-label
+        # poisons carry their true label, so an easy clean class can dominate the flagged set instead.
+        # Early only: a trigger is learned first, while an easy clean class's losses pile up at the
+        # floor later in training and split off too (trousers on clean Fashion-MNIST from epoch 4).
+        # The high cluster must be the class's clean members (mostly predicted as their label), not
+        # mislabelled poisons whose trigger is not learned yet (FTrojan: cutting there unlearns clean ones)
+        by_separation = (
+            int(self.epochs_decided) < cfg.target_patience
+            and 0 < cfg.clean_label_separation <= float(separations_by_class[best])
+            and best != major
+            and high_cluster_agreement(main_loss, probs, self.given, seen, best) >= 0.5
+        )
         if by_separation:
-            # the class's high-loss cluster must be its clean members (mostly predicted as their given
-            # label), not mislabelled poisons whose trigger is not learned yet (FTrojan: the low cluster
-            # is then the clean samples, and cutting there unlearns them)
-            by_separation = high_cluster_agreement(probs, self.given, seen, best) >= 0.5
-        if by_separation:
-            # a class whose members split into a near-zero-loss cluster far below the rest (poisons fitted
-            # through the trigger, its clean samples above them) outranks the label share: clean-label
-            # poisons carry their true label, so an easy clean class can dominate the flagged set instead.
-            # Early only: a trigger is learned first, while an easy clean class's losses pile up at the
-            # floor later in training and split off too (trousers on clean Fashion-MNIST from epoch 4)
             major = best
         if major == int(self.candidate_target):
             self.candidate_streak += 1
@@ -231,10 +232,8 @@ class IsolationState(nn.Module):
             # the trigger (FTrojan's frequency pattern), and the ascent then lifts the isolated samples'
             # main-head loss, so this view is only clean before the cleansing starts: the set is kept
             if newly:
-                main_loss = -torch.log(probs.gather(1, self.given.clamp(min=0).unsqueeze(1)).squeeze(1).clamp(1e-12))
                 members = (self.given == target) & seen
-                cut = otsu_threshold(main_loss.clamp(min=1e-6), members)
-                self.isolated.copy_(members & (torch.log(main_loss.clamp(min=1e-6)) < cut))
+                self.isolated.copy_(members & (torch.log(main_loss) < otsu_threshold(main_loss, members)))
                 self.ascend.copy_(self.isolated)  # no gap split: the poisons' main losses span decades
         else:
             if cfg.cleanse_scope == "all_flagged":
@@ -344,32 +343,34 @@ def ashman_d(values: Tensor) -> float:
     return float((high.mean() - low.mean()) / within.sqrt().clamp(min=1e-12))
 
 
-def high_cluster_agreement(probs: Tensor, given: Tensor, seen: Tensor, label: int) -> float:
-    """Share of class ``label``'s members above Otsu's cut of their main-head log-loss whose most
-    probable class is ``label`` (``probs`` ``[N, K]``: the epoch's mean softmax); 0.0 if none."""
+def main_head_loss(probs: Tensor, given: Tensor, floor: float = 1e-6) -> Tensor:
+    """The main head's loss on each sample's given label, ``[N]``, from the epoch's mean softmax
+    ``probs`` ``[N, K]``; floored at ``floor`` so that samples fitted to the last float digit do not
+    form a cluster of their own."""
+    p = probs.gather(1, given.clamp(min=0).unsqueeze(1)).squeeze(1)  # [N]
+    return (-torch.log(p.clamp(min=1e-12))).clamp(min=floor)
+
+
+def high_cluster_agreement(main_loss: Tensor, probs: Tensor, given: Tensor, seen: Tensor, label: int) -> float:
+    """Share of class ``label``'s members above Otsu's cut of their ``main_loss`` whose most probable
+    class (``probs`` ``[N, K]``) is ``label``; 0.0 if none."""
     members = seen & (given == label)
-    loss = (-torch.log(probs[:, label].clamp(min=1e-12))).clamp(min=1e-6)  # [N]
-    high = members & (torch.log(loss) >= otsu_threshold(loss, members))
+    high = members & (torch.log(main_loss) >= otsu_threshold(main_loss, members))
     if int(high.sum()) == 0:
         return 0.0
     return float((probs[high].argmax(dim=1) == label).float().mean())
 
 
-def class_separations(probs: Tensor, given: Tensor, seen: Tensor, floor: float = 1e-6) -> Tensor:
-    """Per class, Ashman's D of the main head's log-loss on its members' given label, ``[K]``.
+def class_separations(main_loss: Tensor, given: Tensor, seen: Tensor, num_classes: int) -> Tensor:
+    """Per class, Ashman's D of its members' log ``main_loss`` (:func:`main_head_loss`), ``[K]``.
 
-    ``probs`` ``[N, K]`` is the epoch's mean softmax; losses are floored at ``floor`` so that samples
-    fitted to the last float digit do not form a cluster of their own. A clean-label backdoor (SIG)
-    shows as one class whose poisoned members sit orders of magnitude below its clean ones.
+    A clean-label backdoor (SIG) shows as one class whose poisoned members sit orders of magnitude
+    below its clean ones.
     """
-    k = probs.shape[1]
-    out = torch.zeros(k, dtype=torch.float64, device=probs.device)
-    valid = seen & (given >= 0)
-    label = given.clamp(min=0)
-    loss = -torch.log(probs.gather(1, label.unsqueeze(1)).squeeze(1).clamp(min=1e-12))  # [N]
-    log_loss = torch.log(loss.clamp(min=floor))
-    for c in range(k):
-        out[c] = ashman_d(log_loss[valid & (label == c)])
+    log_loss = torch.log(main_loss)
+    out = torch.zeros(num_classes, dtype=torch.float64, device=main_loss.device)
+    for c in range(num_classes):
+        out[c] = ashman_d(log_loss[seen & (given == c)])
     return out
 
 
