@@ -9,6 +9,7 @@ Missing files offline give one :class:`FileNotFoundError` saying where to put th
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,7 @@ def install_debian_fashion_mnist(root: str | Path, source: Path = DEBIAN_FASHION
         return None
     raw.mkdir(parents=True, exist_ok=True)
     for name in FASHION_MNIST_FILES:
-        tmp = raw / f"{name}.tmp"
+        tmp = raw / f"{name}.{os.getpid()}.tmp"  # per process: parallel runs (DDP ranks, cells) may race here
         with gzip.open(source / f"{name}.gz", "rb") as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst)
         tmp.replace(raw / name)

@@ -18,7 +18,11 @@ from e2abl_lightning.data.datamodules import (
     MNISTSubsetDataModule,
 )
 from e2abl_lightning.data.datamodules.base import RawData
-from e2abl_lightning.data.datasets.images import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES
+from e2abl_lightning.data.datasets.images import (
+    DEBIAN_FASHION_MNIST,
+    FASHION_MNIST_FILES,
+    install_debian_fashion_mnist,
+)
 from e2abl_lightning.data.poison import ORACLE_KEYS
 from e2abl_lightning.data.triggers import SIG, BadNets, WaNet
 
@@ -150,6 +154,41 @@ def test_fashion_mnist_from_the_debian_package(tmp_path: Path) -> None:
     assert int(dm.train_set.poisoned.sum()) == round(0.1 * len(dm.train_set))
     again = FashionMNISTDataModule(WaNet(), root=str(tmp_path), cache_dir=None)  # reads root directly now
     assert torch.equal(again.raw.x_test[:100], raw.x_test[:100])
+
+
+def test_fashion_mnist_install_from_parallel_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes (DDP ranks, benchmark cells) unpacking into the same root must both succeed.
+
+    The interleaving is made deterministic: while the first process copies its first file, a second
+    one (another pid) runs the whole install.
+    """
+    import gzip
+    import os
+    import shutil
+
+    from e2abl_lightning.data.datasets import images
+
+    source = tmp_path / "debian"
+    source.mkdir()
+    payload = {name: bytes(range(256)) * (20 + i) for i, name in enumerate(FASHION_MNIST_FILES)}
+    for name, data in payload.items():
+        (source / f"{name}.gz").write_bytes(gzip.compress(data))
+    root = tmp_path / "root"
+    copy, pid, calls = shutil.copyfileobj, os.getpid(), []
+
+    def interleaved_copy(src, dst) -> None:  # type: ignore[no-untyped-def]
+        copy(src, dst)
+        if not calls:
+            calls.append(1)
+            monkeypatch.setattr(os, "getpid", lambda: pid + 1)
+            assert install_debian_fashion_mnist(root, source) == "debian"  # the second process
+            monkeypatch.setattr(os, "getpid", lambda: pid)
+
+    monkeypatch.setattr(images.shutil, "copyfileobj", interleaved_copy)
+    assert install_debian_fashion_mnist(root, source) == "debian"
+    raw = root / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(FASHION_MNIST_FILES)  # no temporary files left
+    assert all((raw / name).read_bytes() == data for name, data in payload.items())
 
 
 def _write_folder(root: Path, classes: int = 3, per_class: int = 6) -> None:
