@@ -80,6 +80,13 @@ class E2ABL(BackdoorClassifier):
         min_head_contrast: a label-share candidate is taken only when the other shallow heads rank its
             flagged samples at least this high on average (0 = lowest, 1 = highest score): a trap is
             specific to its pooling, an easy clean class is easy for every head; 0 turns this off.
+        min_confusion_spread: on the first ``target_patience`` decisions, a class whose members the main
+            head's prediction EMA confidently gives to every other class (the median over the other
+            classes of that share, :func:`~e2abl_lightning.models.e2abl.state.confusion_spreads`) at
+            least this often becomes the candidate target, ahead of the label share and the class
+            separation: dirty-label poisons whose trigger is not learned yet look like label noise from
+            every source class (FTrojan). Such a target is cut once, at the decision, at its members
+            predicted as another class. 0 turns this off.
     """
 
     def __init__(
@@ -113,6 +120,7 @@ class E2ABL(BackdoorClassifier):
         min_label_share: float = 0.0,
         clean_label_separation: float = 0.0,
         min_head_contrast: float = 0.0,
+        min_confusion_spread: float = 0.0,
     ) -> None:
         super().__init__(backbone, num_classes, input_shape, optimizer, scheduler)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
@@ -144,6 +152,8 @@ class E2ABL(BackdoorClassifier):
             )
         if not 0.0 <= min_head_contrast < 1.0:
             raise ValueError(f"min_head_contrast={min_head_contrast} must be in [0, 1) (0: off), e.g. 0.2")
+        if not 0.0 <= min_confusion_spread < 1.0:
+            raise ValueError(f"min_confusion_spread={min_confusion_spread} must be in [0, 1) (0: off), e.g. 0.02")
         if not 0.0 <= recovery_threshold <= 1.0:
             raise ValueError(f"recovery_threshold={recovery_threshold} must be in [0, 1]")
         self.net = TwoHeadNet(
@@ -177,6 +187,7 @@ class E2ABL(BackdoorClassifier):
             min_label_share=min_label_share,
             clean_label_separation=clean_label_separation,
             min_head_contrast=min_head_contrast,
+            min_confusion_spread=min_confusion_spread,
         )
         self.state = IsolationState(0, self.num_classes, len(shallow_poolings))
         # DDP broadcasts rank 0's buffers before every forward: that would overwrite the other ranks'
@@ -266,14 +277,15 @@ class E2ABL(BackdoorClassifier):
         for name, value in logs.items():
             self.log(name, float(value), on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
 
-    # ---- after fit: every sample ever flagged, for review ---------------------------------------
+    # ---- after fit: every sample ever flagged or isolated, for review ---------------------------------------
     def on_fit_end(self) -> None:
         log_dir = self.trainer.log_dir  # a collective call: every rank
         if self.trainer.is_global_zero and self.trainer.logger is not None and log_dir is not None:
             self.write_suspects(f"{log_dir}/suspects.csv")
 
     def write_suspects(self, path: str) -> None:
-        """Write one CSV row per training sample ever flagged (``flag_count > 0``), lowest score first.
+        """Write one CSV row per training sample ever flagged (``flag_count > 0``) or isolated now, lowest
+        score first.
 
         Columns: ``index``, the dataset's ``ids`` when it has that attribute, ``score`` (running mean
         of the chosen shallow head), ``given``, ``recovered``, ``epochs_flagged``, ``first_flagged``
@@ -285,7 +297,7 @@ class E2ABL(BackdoorClassifier):
         s = self.state
         head = max(int(s.head_choice), 0)
         score = s.scores("running_mean")[head].cpu()  # [N]
-        index = torch.nonzero(s.flag_count.cpu() > 0).flatten()
+        index = torch.nonzero((s.flag_count > 0) | s.isolated).flatten().cpu()
         index = index[torch.sort(score[index], stable=True).indices]
         loader = self.trainer.train_dataloader if self._trainer is not None else None
         ids = getattr(getattr(loader, "dataset", None), "ids", None)

@@ -51,7 +51,8 @@ _DTYPES = {
 }
 _FILL = {"given": -1, "recovered": -1, "first_flagged": -1, "acc_given": -1, "oracle_poisoned": -1, "oracle_true": -1}
 #: ``target_source``: how the suspected target was named, 0 by the flagged set's label share, 1 by the
-#: main head's class separation (``clean_label_separation``), -1 not yet
+#: main head's class separation (``clean_label_separation``), 2 by the spread of the main head's
+#: confusions (``min_confusion_spread``), -1 not yet
 _SCALARS = (
     "suspected_target",
     "candidate_target",
@@ -81,6 +82,7 @@ class DecisionConfig:
     min_label_share: float = 0.0
     clean_label_separation: float = 0.0
     min_head_contrast: float = 0.0
+    min_confusion_spread: float = 0.0
 
 
 class IsolationState(nn.Module):
@@ -208,13 +210,23 @@ class IsolationState(nn.Module):
         # floor later in training and split off too (trousers on clean Fashion-MNIST from epoch 4).
         # The high cluster must be the class's clean members (mostly predicted as their label), not
         # mislabelled poisons whose trigger is not learned yet (FTrojan: cutting there unlearns clean ones)
+        early = int(self.epochs_decided) < cfg.target_patience
+        # dirty-label poisons whose trigger the main head has not learned yet look like label noise
+        # spread over every source class (FTrojan: 5% of the target class confidently predicted as each
+        # other class), while a clean class's confusions go to a few look-alike classes
+        spreads = confusion_spreads(self.pred_ema, self.given, valid, probs.shape[1])  # [K]
+        spread_class = int(torch.argmax(spreads))
+        by_confusion = early and 0 < cfg.min_confusion_spread <= float(spreads[spread_class]) and spread_class != major
         by_separation = (
-            int(self.epochs_decided) < cfg.target_patience
+            not by_confusion
+            and early
             and 0 < cfg.clean_label_separation <= float(separations_by_class[best])
             and best != major
             and high_cluster_agreement(main_loss, probs, self.given, seen, best) >= 0.5
         )
-        if by_separation:
+        if by_confusion:
+            major = spread_class
+        elif by_separation:
             major = best
         if major == int(self.candidate_target):
             self.candidate_streak += 1
@@ -224,16 +236,21 @@ class IsolationState(nn.Module):
         newly = major >= 0 and int(self.suspected_target) < 0 and int(self.candidate_streak) >= cfg.target_patience
         if newly:
             self.suspected_target.fill_(major)
-            self.target_source.fill_(int(by_separation))
+            self.target_source.fill_(2 if by_confusion else int(by_separation))
         target = int(self.suspected_target)
 
-        if cfg.cleanse_scope == "target_split" and target >= 0 and int(self.target_source) == 1:
-            # named by the main head's split: cut the class there, once. The shallow heads need not trap
-            # the trigger (FTrojan's frequency pattern), and the ascent then lifts the isolated samples'
+        if target >= 0 and int(self.target_source) > 0:
+            # named by the main head: cut the class on the main head's view, once, at the decision. The
+            # shallow heads need not trap the trigger, and the ascent then lifts the isolated samples'
             # main-head loss, so this view is only clean before the cleansing starts: the set is kept
             if newly:
-                members = (self.given == target) & seen
-                self.isolated.copy_(members & (torch.log(main_loss) < otsu_threshold(main_loss, members)))
+                if int(self.target_source) == 1:  # the low cluster: clean-label poisons fitted early
+                    members = (self.given == target) & seen
+                    cut = torch.log(main_loss) < otsu_threshold(main_loss, members)
+                else:  # the members the main head (its prediction EMA) gives to another class
+                    members = (self.given == target) & valid
+                    cut = self.pred_ema.argmax(dim=1) != target
+                self.isolated.copy_(members & cut)
                 self.ascend.copy_(self.isolated)  # no gap split: the poisons' main losses span decades
         else:
             if cfg.cleanse_scope == "all_flagged":
@@ -253,7 +270,8 @@ class IsolationState(nn.Module):
         drop = torch.where(self.given >= 0, self.given, 0) if target < 0 else torch.full_like(self.given, target)
         excluded.scatter_(1, drop.unsqueeze(1), -1.0)
         best, label = excluded.max(dim=1)
-        self.recovered.copy_(torch.where(self.flagged, label, torch.full_like(label, -1)))
+        # every flagged or isolated sample gets one (an isolated sample need not be flagged: the class cuts)
+        self.recovered.copy_(torch.where(self.flagged | self.isolated, label, torch.full_like(label, -1)))
         self.confident.copy_(self.ascend & (best >= cfg.recovery_threshold))
         self.epochs_decided += 1
         return {
@@ -267,6 +285,7 @@ class IsolationState(nn.Module):
             "train/flagged_label_share": shares[head],
             "train/flagged_separation": separations[head],
             "train/class_separation_max": float(separations_by_class.max()),
+            "train/confusion_spread_max": float(spreads[spread_class]),
             "train/flagged_head_contrast": contrast,
         }
 
@@ -280,7 +299,7 @@ class IsolationState(nn.Module):
             hits = (chosen & poisoned).sum().float()
             out[f"isolation/{name}precision"] = float(hits / chosen.sum().clamp(min=1))
             out[f"isolation/{name}recall"] = float(hits / poisoned.sum().clamp(min=1))
-        found = self.flagged & poisoned
+        found = (self.flagged | self.isolated) & poisoned
         correct = (self.recovered == self.oracle_true) & found
         out["isolation/recovery_acc"] = float(correct.sum() / found.sum().clamp(min=1))
         return out
@@ -371,6 +390,29 @@ def class_separations(main_loss: Tensor, given: Tensor, seen: Tensor, num_classe
     out = torch.zeros(num_classes, dtype=torch.float64, device=main_loss.device)
     for c in range(num_classes):
         out[c] = ashman_d(log_loss[seen & (given == c)])
+    return out
+
+
+def confusion_spreads(probs: Tensor, given: Tensor, valid: Tensor, num_classes: int) -> Tensor:
+    """Per class ``c``, the median over the other classes ``j`` of the share of ``c``'s members that
+    ``probs`` ``[N, K]`` (the main head's prediction EMA) gives to ``j`` with probability above 0.5, ``[K]``.
+
+    Dirty-label poisons drawn from every class, before the trigger is learned, are predicted as their
+    true classes: their target class is confused with every other class about equally (FTrojan on
+    Fashion-MNIST: 5% of its members per other class), while a clean class's confusions go to a few
+    look-alike classes (every class of a clean run: at most 0.7%, the median over its other classes).
+    """
+    pred = probs.argmax(dim=1)  # [N]
+    wrong = valid & (pred != given) & (probs.max(dim=1).values > 0.5)
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=probs.device)  # [given, predicted]
+    counts.index_put_((given[wrong], pred[wrong]), torch.ones_like(pred[wrong], dtype=torch.float64), accumulate=True)
+    sizes = torch.bincount(given[valid], minlength=num_classes).double().clamp(min=1)  # [K]
+    out = torch.zeros(num_classes, dtype=torch.float64, device=probs.device)
+    if num_classes < 2:
+        return out
+    for c in range(num_classes):
+        others = torch.cat([counts[c, :c], counts[c, c + 1 :]])
+        out[c] = others.median() / sizes[c]
     return out
 
 

@@ -2,7 +2,14 @@
 
 import torch
 
-from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState, ashman_d, otsu_threshold, split_by_gap
+from e2abl_lightning.models.e2abl.state import (
+    DecisionConfig,
+    IsolationState,
+    ashman_d,
+    confusion_spreads,
+    otsu_threshold,
+    split_by_gap,
+)
 
 N, K, H = 40, 3, 2
 
@@ -294,3 +301,72 @@ def test_clean_label_separation_ignores_a_class_whose_unfitted_members_are_misla
         logs = state.decide(epoch, cfg)
     assert logs["train/class_separation_max"] > 3.4
     assert int(state.suspected_target) == 1 and int(state.target_source) == 0, "label share decides, as before"
+
+
+def test_confusion_spreads_tell_label_noise_from_every_class_from_look_alike_confusions():
+    k = 4
+    given = torch.arange(40) % k  # 10 members a class
+    probs = torch.nn.functional.one_hot(given, k).float()
+    probs[[0, 4, 8]] = torch.nn.functional.one_hot(torch.tensor([1, 2, 3]), k).float()  # class 0: one to each other
+    probs[[1, 5, 9]] = torch.nn.functional.one_hot(torch.tensor([2, 2, 2]), k).float()  # class 1: all to class 2
+    spreads = confusion_spreads(probs, given, torch.ones(40, dtype=torch.bool), k)
+    assert torch.allclose(spreads, torch.tensor([0.1, 0.0, 0.0, 0.0], dtype=torch.float64))
+    probs[[0, 4, 8]] = 1.0 / k  # unconfident predictions do not count
+    assert float(confusion_spreads(probs, given, torch.ones(40, dtype=torch.bool), k).max()) == 0.0
+
+
+def _mislabelled_epoch(epoch: int, learned: bool = False):
+    """K=3, 12 poisons given label 0 and drawn from classes 1 and 2 (6 each), which the main head still
+    predicts as their true class; head 0 traps an easy clean class 1 (the label-share candidate)."""
+    g = torch.Generator().manual_seed(epoch)
+    given = torch.arange(N) % K
+    poisons = torch.tensor([1, 2, 4, 5, 7, 8, 10, 11, 13, 14, 16, 17])  # true classes 1 and 2 alternating
+    given[poisons] = 0
+    true = torch.arange(N) % K
+    probs = torch.nn.functional.one_hot(true if not learned else given, K).float() * 0.9 + 0.1 / K
+    loss = torch.rand(H, N, generator=g) + 0.5  # [H, N]
+    loss[:, (given == 1)] = 0.005  # an easy clean class for both heads
+    return given, loss, probs, poisons
+
+
+def test_confusion_spread_names_a_target_whose_poisons_look_like_label_noise():
+    """Dirty-label poisons the main head has not fitted yet (FTrojan) are predicted as their true classes:
+    the target class is confused with every other class. It outranks the label share, and the members the
+    main head gives to another class are cut once, at the decision."""
+    cfg = DecisionConfig(warmup_epochs=1, isolation_ratio=0.3, min_label_share=0.3, min_confusion_spread=0.2)
+    state = IsolationState(N, K, H)
+    for epoch in range(3):
+        given, loss, probs, poisons = _mislabelled_epoch(epoch)
+        state.reset_accumulators()
+        state.accumulate(torch.arange(N), loss, probs, given)
+        logs = state.decide(epoch, cfg)
+    assert logs["train/confusion_spread_max"] > 0.2
+    assert int(state.suspected_target) == 0 and int(state.target_source) == 2
+    expected = torch.zeros(N, dtype=torch.bool)
+    expected[poisons] = True
+    assert torch.equal(state.isolated, expected) and torch.equal(state.ascend, expected)
+    assert torch.equal(state.recovered[poisons], (torch.arange(N) % K)[poisons]), "their true classes recovered"
+    # the main head then learns the trigger: the cut is kept, the target too
+    given, loss, probs, _ = _mislabelled_epoch(3, learned=True)
+    state.reset_accumulators()
+    state.accumulate(torch.arange(N), loss, probs, given)
+    logs = state.decide(3, cfg)
+    assert torch.equal(state.isolated, expected) and int(state.suspected_target) == 0
+    off = IsolationState(N, K, H)  # without the test the easy clean class is suspected
+    for epoch in range(3):
+        given, loss, probs, _ = _mislabelled_epoch(epoch)
+        off.reset_accumulators()
+        off.accumulate(torch.arange(N), loss, probs, given)
+        off.decide(epoch, DecisionConfig(warmup_epochs=1, isolation_ratio=0.3, min_label_share=0.3))
+    assert int(off.suspected_target) == 1
+
+
+def test_confusion_spread_counts_on_the_first_decisions_only():
+    cfg = DecisionConfig(warmup_epochs=1, isolation_ratio=0.3, min_label_share=0.9, min_confusion_spread=0.2)
+    state = IsolationState(N, K, H)
+    for epoch in range(5):  # the label noise appears after the first two decisions: not named
+        given, loss, probs, _ = _mislabelled_epoch(epoch, learned=epoch < 2)
+        state.reset_accumulators()
+        state.accumulate(torch.arange(N), loss, probs, given)
+        logs = state.decide(epoch, cfg)
+    assert logs["train/confusion_spread_max"] > 0.2 and int(state.suspected_target) == -1
