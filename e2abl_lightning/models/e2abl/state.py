@@ -270,8 +270,10 @@ class IsolationState(nn.Module):
         drop = torch.where(self.given >= 0, self.given, 0) if target < 0 else torch.full_like(self.given, target)
         excluded.scatter_(1, drop.unsqueeze(1), -1.0)
         best, label = excluded.max(dim=1)
-        # every flagged or isolated sample gets one (an isolated sample need not be flagged: the class cuts)
-        self.recovered.copy_(torch.where(self.flagged | self.isolated, label, torch.full_like(label, -1)))
+        # every flagged or isolated sample gets one (an isolated sample need not be flagged: the class
+        # cuts), except the isolated samples of a clean-label target: their given label is their true one
+        carriers = self.flagged | (self.isolated if int(self.target_source) != 1 else torch.zeros_like(self.isolated))
+        self.recovered.copy_(torch.where(carriers, label, torch.full_like(label, -1)))
         self.confident.copy_(self.ascend & (best >= cfg.recovery_threshold))
         self.epochs_decided += 1
         return {

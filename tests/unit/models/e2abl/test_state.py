@@ -231,6 +231,7 @@ def test_clean_label_separation_outranks_an_easy_clean_class():
     poisons[POISONS] = True
     assert torch.equal(state.isolated, poisons), "Otsu's split of the main head's losses isolates the poisons"
     assert torch.equal(state.ascend, poisons), "and every isolated sample is unlearned"
+    assert (state.recovered[poisons & ~state.flagged] == -1).all(), "clean-label poisons: no label to recover"
     # the ascent then lifts the isolated samples' main-head loss: the set named by that view is kept
     given, loss, probs = _clean_label_epoch(4)
     probs[POISONS] = torch.full((len(POISONS), K), 1.0 / K)
