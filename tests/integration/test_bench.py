@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from e2abl_lightning.bench.runner import load_suite, main, plot_rate_curve, run_cell, run_suite, summarise
+from e2abl_lightning.bench.runner import CONFIG_ROOT, load_suite, main, plot_rate_curve, run_cell, run_suite, summarise
 
 
 @pytest.mark.slow
@@ -275,3 +275,11 @@ def test_abl_anchor_digits_cell_isolates_poisons_and_unlearning_lowers_asr(tmp_p
     print(f"isolation precision {row['iso_precision']:.2f}, ASR {before:.3f} -> test {row['asr']:.3f}")
     assert row["iso_precision"] > 0.5, "ABL's isolated 1% should be mostly poisoned"
     assert before > 0.9 and row["asr"] < 0.3, f"ASR {before:.3f} -> {row['asr']:.3f}: the ascent did not remove it"
+
+
+def test_every_suite_expands_to_cells_whose_configs_exist():
+    for path in sorted((CONFIG_ROOT / "suite").glob("*.yaml")):
+        cells = load_suite(path.stem)
+        assert cells, f"{path.name} expands to no cells"
+        assert all(c.data.is_file() and c.model.is_file() and c.trainer.is_file() for c in cells), path.name
+        assert len({c.name for c in cells}) == len(cells), f"{path.name}: two cells share a name"
