@@ -85,8 +85,8 @@ class E2ABL(BackdoorClassifier):
             classes of that share, :func:`~e2abl_lightning.models.e2abl.state.confusion_spreads`) at
             least this often becomes the candidate target, ahead of the label share and the class
             separation: dirty-label poisons whose trigger is not learned yet look like label noise from
-            every source class (FTrojan). Such a target is cut once, at the decision, at its members
-            predicted as another class. 0 turns this off.
+            every source class (FTrojan). From the decision on, every member of such a target that the
+            prediction EMA gives to another class is unlearned (the set only grows). 0 turns this off.
     """
 
     def __init__(

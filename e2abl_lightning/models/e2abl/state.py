@@ -239,18 +239,20 @@ class IsolationState(nn.Module):
             self.target_source.fill_(2 if by_confusion else int(by_separation))
         target = int(self.suspected_target)
 
-        if target >= 0 and int(self.target_source) > 0:
-            # named by the main head: cut the class on the main head's view, once, at the decision. The
-            # shallow heads need not trap the trigger, and the ascent then lifts the isolated samples'
-            # main-head loss, so this view is only clean before the cleansing starts: the set is kept
+        if target >= 0 and int(self.target_source) == 2:
+            # named by the main head's confusions: its members that the prediction EMA gives to another
+            # class are cut, and the cut grows as the unlearning makes more poisons look like their true
+            # class (the isolated ones are trained on theirs, so they stay in)
+            members = (self.given == target) & valid
+            self.isolated |= members & (self.pred_ema.argmax(dim=1) != target)
+            self.ascend.copy_(self.isolated)
+        elif target >= 0 and int(self.target_source) == 1:
+            # named by the main head's split: cut the class there, once, at the decision. The shallow
+            # heads need not trap the trigger, and the ascent then lifts the isolated samples' main-head
+            # loss, so this view is only clean before the cleansing starts: the set is kept
             if newly:
-                if int(self.target_source) == 1:  # the low cluster: clean-label poisons fitted early
-                    members = (self.given == target) & seen
-                    cut = torch.log(main_loss) < otsu_threshold(main_loss, members)
-                else:  # the members the main head (its prediction EMA) gives to another class
-                    members = (self.given == target) & valid
-                    cut = self.pred_ema.argmax(dim=1) != target
-                self.isolated.copy_(members & cut)
+                members = (self.given == target) & seen
+                self.isolated.copy_(members & (torch.log(main_loss) < otsu_threshold(main_loss, members)))
                 self.ascend.copy_(self.isolated)  # no gap split: the poisons' main losses span decades
         else:
             if cfg.cleanse_scope == "all_flagged":

@@ -353,6 +353,10 @@ def test_confusion_spread_names_a_target_whose_poisons_look_like_label_noise():
     state.accumulate(torch.arange(N), loss, probs, given)
     logs = state.decide(3, cfg)
     assert torch.equal(state.isolated, expected) and int(state.suspected_target) == 0
+    # a member of the target that the main head comes to give to another class joins the cut
+    state.pred_ema[0] = torch.tensor([0.0, 1.0, 0.0])
+    state.decide(4, cfg)
+    assert state.isolated[0] and torch.equal(state.isolated[1:], expected[1:])
     off = IsolationState(N, K, H)  # without the test the easy clean class is suspected
     for epoch in range(3):
         given, loss, probs, _ = _mislabelled_epoch(epoch)
