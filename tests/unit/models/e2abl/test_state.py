@@ -375,3 +375,18 @@ def test_confusion_spread_counts_on_the_first_decisions_only():
         state.accumulate(torch.arange(N), loss, probs, given)
         logs = state.decide(epoch, cfg)
     assert logs["train/confusion_spread_max"] > 0.2 and int(state.suspected_target) == -1
+
+
+def test_target_split_keeps_a_sample_once_isolated():
+    """The class's cut moves from epoch to epoch; a poison it once took stays unlearned (the ones it
+    misses re-teach the trigger)."""
+    (state,) = _run(split=False, epochs=4, cleanse_scope="target_split")
+    assert int(state.suspected_target) == 0 and state.isolated[:8].all()
+    given, loss, probs, _ = _epoch_data(4)
+    loss[:, 0] = 2.0  # poison 0 now looks like the class's clean samples to every head
+    state.reset_accumulators()
+    state.accumulate(torch.arange(N), loss, probs, given)
+    state.decide(
+        4, DecisionConfig(warmup_epochs=2, isolation_ratio=0.2, target_patience=2, cleanse_scope="target_split")
+    )
+    assert state.isolated[0], "isolated once, isolated for good"
