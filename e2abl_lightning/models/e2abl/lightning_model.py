@@ -277,7 +277,7 @@ class E2ABL(BackdoorClassifier):
         for name, value in logs.items():
             self.log(name, float(value), on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
 
-    # ---- after fit: every sample ever flagged or isolated, for review ---------------------------------------
+    # ---- after fit: every sample ever flagged or isolated, for review ---------------------------
     def on_fit_end(self) -> None:
         log_dir = self.trainer.log_dir  # a collective call: every rank
         if self.trainer.is_global_zero and self.trainer.logger is not None and log_dir is not None:
