@@ -406,16 +406,17 @@ def confusion_spreads(probs: Tensor, given: Tensor, valid: Tensor, num_classes: 
     Dirty-label poisons drawn from every class, before the trigger is learned, are predicted as their
     true classes: their target class is confused with every other class about equally (FTrojan on
     Fashion-MNIST: 5% of its members per other class), while a clean class's confusions go to a few
-    look-alike classes (every class of a clean run: at most 0.7%, the median over its other classes).
+    look-alike classes (every class of a clean run: at most 1%, the median over its other classes).
+    Returns zeros with fewer than two classes.
     """
+    out = torch.zeros(num_classes, dtype=torch.float64, device=probs.device)
+    if num_classes < 2:
+        return out
     pred = probs.argmax(dim=1)  # [N]
     wrong = valid & (pred != given) & (probs.max(dim=1).values > 0.5)
     counts = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=probs.device)  # [given, predicted]
     counts.index_put_((given[wrong], pred[wrong]), torch.ones_like(pred[wrong], dtype=torch.float64), accumulate=True)
     sizes = torch.bincount(given[valid], minlength=num_classes).double().clamp(min=1)  # [K]
-    out = torch.zeros(num_classes, dtype=torch.float64, device=probs.device)
-    if num_classes < 2:
-        return out
     for c in range(num_classes):
         others = torch.cat([counts[c, :c], counts[c, c + 1 :]])
         out[c] = others.median() / sizes[c]
