@@ -276,7 +276,7 @@ class IsolationState(nn.Module):
         best, label = excluded.max(dim=1)
         # every flagged or isolated sample gets one (an isolated sample need not be flagged: the class
         # cuts), except the isolated samples of a clean-label target: their given label is their true one
-        carriers = self.flagged | (self.isolated if int(self.target_source) != 1 else torch.zeros_like(self.isolated))
+        carriers = self.flagged if int(self.target_source) == 1 else self.flagged | self.isolated
         self.recovered.copy_(torch.where(carriers, label, torch.full_like(label, -1)))
         self.confident.copy_(self.ascend & (best >= cfg.recovery_threshold))
         self.epochs_decided += 1
@@ -409,18 +409,15 @@ def confusion_spreads(probs: Tensor, given: Tensor, valid: Tensor, num_classes: 
     look-alike classes (every class of a clean run: at most 1%, the median over its other classes).
     Returns zeros with fewer than two classes.
     """
-    out = torch.zeros(num_classes, dtype=torch.float64, device=probs.device)
-    if num_classes < 2:
-        return out
+    k = num_classes
+    if k < 2:
+        return torch.zeros(k, dtype=torch.float64, device=probs.device)
     pred = probs.argmax(dim=1)  # [N]
     wrong = valid & (pred != given) & (probs.max(dim=1).values > 0.5)
-    counts = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=probs.device)  # [given, predicted]
-    counts.index_put_((given[wrong], pred[wrong]), torch.ones_like(pred[wrong], dtype=torch.float64), accumulate=True)
-    sizes = torch.bincount(given[valid], minlength=num_classes).double().clamp(min=1)  # [K]
-    for c in range(num_classes):
-        others = torch.cat([counts[c, :c], counts[c, c + 1 :]])
-        out[c] = others.median() / sizes[c]
-    return out
+    counts = torch.bincount(given[wrong] * k + pred[wrong], minlength=k * k).view(k, k)  # [given, predicted]
+    others = counts[~torch.eye(k, dtype=torch.bool, device=counts.device)].view(k, k - 1).double()  # [K, K-1]
+    sizes = torch.bincount(given[valid], minlength=k).double().clamp(min=1)  # [K]
+    return others.median(dim=1).values / sizes
 
 
 def split_by_gap(score: Tensor, members: Tensor, min_gap: float) -> Tensor:

@@ -333,7 +333,7 @@ def _mislabelled_epoch(epoch: int, learned: bool = False):
 def test_confusion_spread_names_a_target_whose_poisons_look_like_label_noise():
     """Dirty-label poisons the main head has not fitted yet (FTrojan) are predicted as their true classes:
     the target class is confused with every other class. It outranks the label share, and the members the
-    main head gives to another class are cut once, at the decision."""
+    main head gives to another class are cut, from the decision on (the cut only grows)."""
     cfg = DecisionConfig(warmup_epochs=1, isolation_ratio=0.3, min_label_share=0.3, min_confusion_spread=0.2)
     state = IsolationState(N, K, H)
     for epoch in range(3):
@@ -351,7 +351,7 @@ def test_confusion_spread_names_a_target_whose_poisons_look_like_label_noise():
     given, loss, probs, _ = _mislabelled_epoch(3, learned=True)
     state.reset_accumulators()
     state.accumulate(torch.arange(N), loss, probs, given)
-    logs = state.decide(3, cfg)
+    state.decide(3, cfg)
     assert torch.equal(state.isolated, expected) and int(state.suspected_target) == 0
     # a member of the target that the main head comes to give to another class joins the cut
     state.pred_ema[0] = torch.tensor([0.0, 1.0, 0.0])
