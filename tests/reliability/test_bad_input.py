@@ -219,6 +219,7 @@ CASES = [
     Case("e2abl_ema_momentum", _call(E2ABL, **E2ABL_ARGS, ema_momentum=1.0), ValueError, r"ema_momentum=1.0 must be in \[0, 1\)"),
     Case("e2abl_clean_label_separation", _call(E2ABL, **E2ABL_ARGS, clean_label_separation=-1.0), ValueError, r"clean_label_separation=-1.0 must be finite and >= 0 \(0: off\)"),
     Case("e2abl_min_confusion_spread", _call(E2ABL, **E2ABL_ARGS, min_confusion_spread=1.5), ValueError, r"min_confusion_spread=1.5 must be in \[0, 1\) \(0: off\)"),
+    Case("e2abl_max_rank_agreement", _call(E2ABL, **E2ABL_ARGS, max_rank_agreement=1.5), ValueError, r"max_rank_agreement=1.5 must be in \[0, 1\) \(0: off\)"),
     Case("e2abl_min_head_contrast", _call(E2ABL, **E2ABL_ARGS, min_head_contrast=1.0), ValueError, r"min_head_contrast=1.0 must be in \[0, 1\) \(0: off\)"),
     Case("e2abl_recovery_threshold", _call(E2ABL, **E2ABL_ARGS, recovery_threshold=1.5), ValueError, r"recovery_threshold=1.5 must be in \[0, 1\]"),
     Case("abl_isolation_loss", _call(ABL, **ABL_ARGS, isolation_loss="huber"), ValueError, r"isolation_loss='huber' is not allowed"),

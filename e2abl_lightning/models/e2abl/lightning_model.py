@@ -87,6 +87,14 @@ class E2ABL(BackdoorClassifier):
             separation: dirty-label poisons whose trigger is not learned yet look like label noise from
             every source class (FTrojan). From the decision on, every member of such a target that the
             prediction EMA gives to another class is unlearned (the set only grows). 0 turns this off.
+        max_rank_agreement: on the first ``target_patience`` decisions, when neither of the two tests above
+            names a class, the class whose members no shallow head ranks like the main head does (the
+            largest Spearman correlation between a shallow head's and the main head's per-sample losses,
+            :func:`~e2abl_lightning.models.e2abl.state.rank_agreements`) becomes the candidate target,
+            ahead of the label share, if that correlation is at most this: the main head fits poisons of
+            a trigger only deep layers see (WaNet) far below the class's clean members, the shallow heads
+            do not. Such a target is cut at Otsu's threshold of its members' main-head loss at the
+            decision, and then grows as with ``min_confusion_spread``. 0 turns this off.
     """
 
     def __init__(
@@ -121,6 +129,7 @@ class E2ABL(BackdoorClassifier):
         clean_label_separation: float = 0.0,
         min_head_contrast: float = 0.0,
         min_confusion_spread: float = 0.0,
+        max_rank_agreement: float = 0.0,
     ) -> None:
         super().__init__(backbone, num_classes, input_shape, optimizer, scheduler)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
@@ -154,6 +163,8 @@ class E2ABL(BackdoorClassifier):
             raise ValueError(f"min_head_contrast={min_head_contrast} must be in [0, 1) (0: off), e.g. 0.2")
         if not 0.0 <= min_confusion_spread < 1.0:
             raise ValueError(f"min_confusion_spread={min_confusion_spread} must be in [0, 1) (0: off), e.g. 0.02")
+        if not 0.0 <= max_rank_agreement < 1.0:
+            raise ValueError(f"max_rank_agreement={max_rank_agreement} must be in [0, 1) (0: off), e.g. 0.43")
         if not 0.0 <= recovery_threshold <= 1.0:
             raise ValueError(f"recovery_threshold={recovery_threshold} must be in [0, 1]")
         self.net = TwoHeadNet(
@@ -188,6 +199,7 @@ class E2ABL(BackdoorClassifier):
             clean_label_separation=clean_label_separation,
             min_head_contrast=min_head_contrast,
             min_confusion_spread=min_confusion_spread,
+            max_rank_agreement=max_rank_agreement,
         )
         self.state = IsolationState(0, self.num_classes, len(shallow_poolings))
         # DDP broadcasts rank 0's buffers before every forward: that would overwrite the other ranks'

@@ -52,7 +52,8 @@ _DTYPES = {
 _FILL = {"given": -1, "recovered": -1, "first_flagged": -1, "acc_given": -1, "oracle_poisoned": -1, "oracle_true": -1}
 #: ``target_source``: how the suspected target was named, 0 by the flagged set's label share, 1 by the
 #: main head's class separation (``clean_label_separation``), 2 by the spread of the main head's
-#: confusions (``min_confusion_spread``), -1 not yet
+#: confusions (``min_confusion_spread``), 3 by the shallow and main heads' disagreement on its members'
+#: ranking (``max_rank_agreement``), -1 not yet
 _SCALARS = (
     "suspected_target",
     "candidate_target",
@@ -83,6 +84,7 @@ class DecisionConfig:
     clean_label_separation: float = 0.0
     min_head_contrast: float = 0.0
     min_confusion_spread: float = 0.0
+    max_rank_agreement: float = 0.0
 
 
 class IsolationState(nn.Module):
@@ -224,10 +226,25 @@ class IsolationState(nn.Module):
             and best != major
             and high_cluster_agreement(main_loss, probs, self.given, seen, best) >= 0.5
         )
+        # dirty-label poisons whose trigger only the deep layers see (WaNet's warp): the main head fits
+        # them far below the class's clean members while no shallow head finds them easier than those,
+        # so within that class the shallow and main losses rank the members unlike in any other class
+        rho = rank_agreements(score, main_loss, self.given, valid & seen, probs.shape[1])  # [H, K]
+        agreements = rho.max(dim=0).values  # [K]
+        agree_class = int(torch.argmin(agreements))
+        by_agreement = (
+            not (by_confusion or by_separation)
+            and early
+            and float(agreements[agree_class]) <= cfg.max_rank_agreement
+            and cfg.max_rank_agreement > 0
+            and agree_class != major
+        )
         if by_confusion:
             major = spread_class
         elif by_separation:
             major = best
+        elif by_agreement:
+            major = agree_class
         if major == int(self.candidate_target):
             self.candidate_streak += 1
         else:
@@ -236,14 +253,21 @@ class IsolationState(nn.Module):
         newly = major >= 0 and int(self.suspected_target) < 0 and int(self.candidate_streak) >= cfg.target_patience
         if newly:
             self.suspected_target.fill_(major)
-            self.target_source.fill_(2 if by_confusion else int(by_separation))
+            self.target_source.fill_(2 if by_confusion else 3 if by_agreement else int(by_separation))
         target = int(self.suspected_target)
 
-        if target >= 0 and int(self.target_source) == 2:
+        if target >= 0 and int(self.target_source) in (2, 3):
             # named by the main head's confusions: its members that the prediction EMA gives to another
             # class are cut, and the cut grows as the unlearning makes more poisons look like their true
-            # class (the isolated ones are trained on theirs, so they stay in)
+            # class (the isolated ones are trained on theirs, so they stay in). Named by the rank
+            # disagreement: the main head has learned the trigger, so the cut starts from the members it
+            # fits far below what the shallow head that ranks the class most like it expects (Otsu's
+            # cut of main-head over shallow loss, at the decision)
             members = (self.given == target) & valid
+            if newly and int(self.target_source) == 3:
+                ratio = main_loss / score[int(rho[:, target].argmax())].clamp(min=1e-12)  # [N]
+                fitted = members & seen & torch.isfinite(ratio)
+                self.isolated |= fitted & (torch.log(ratio.clamp(min=1e-12)) < otsu_threshold(ratio, fitted))
             self.isolated |= members & (self.pred_ema.argmax(dim=1) != target)
             self.ascend.copy_(self.isolated)
         elif target >= 0 and int(self.target_source) == 1:
@@ -292,6 +316,7 @@ class IsolationState(nn.Module):
             "train/flagged_separation": separations[head],
             "train/class_separation_max": float(separations_by_class.max()),
             "train/confusion_spread_max": float(spreads[spread_class]),
+            "train/rank_agreement_min": float(agreements[agree_class]),
             "train/flagged_head_contrast": contrast,
         }
 
@@ -418,6 +443,38 @@ def confusion_spreads(probs: Tensor, given: Tensor, valid: Tensor, num_classes: 
     others = counts[~torch.eye(k, dtype=torch.bool, device=counts.device)].view(k, k - 1).double()  # [K, K-1]
     sizes = torch.bincount(given[valid], minlength=k).double().clamp(min=1)  # [K]
     return others.median(dim=1).values / sizes
+
+
+def rank_agreements(score: Tensor, main_loss: Tensor, given: Tensor, valid: Tensor, num_classes: int) -> Tensor:
+    """Per shallow head and class, Spearman's rank correlation between that head's ``score`` ``[H, N]``
+    and ``main_loss`` ``[N]`` over the class's ``valid`` members, ``[H, K]`` (+inf for a class of fewer
+    than three members).
+
+    Within a clean class the heads find the same members easy (WaNet on Fashion-MNIST, the small CNN:
+    the better head's correlation is 0.49 or more for every class of a clean run); a trigger that only
+    the deep layers see makes the main head fit the poisons far below the class's clean members while
+    the shallow heads rank them among those, so the poisoned class's correlation drops (0.37-0.40 on
+    the deciding epochs). Ties are ranked by index.
+    """
+    h = score.shape[0]
+    out = torch.full((h, num_classes), float("inf"), dtype=torch.float64, device=score.device)
+    for c in range(num_classes):
+        members = valid & (given == c) & torch.isfinite(score).all(dim=0)
+        if int(members.sum()) < 3:
+            continue
+        main_rank = _centred_ranks(main_loss[members])  # [M]
+        shallow_ranks = torch.stack([_centred_ranks(s[members]) for s in score])  # [H, M]
+        out[:, c] = (shallow_ranks @ main_rank) / (shallow_ranks.norm(dim=1) * main_rank.norm()).clamp(min=1e-12)
+    return out
+
+
+def _centred_ranks(values: Tensor) -> Tensor:
+    """Ranks ``0..M-1`` of ``values`` ``[M]`` (ties by position) minus their mean, as float64."""
+    ranks = torch.empty(values.shape[0], dtype=torch.float64, device=values.device)
+    ranks[torch.sort(values, stable=True).indices] = torch.arange(
+        values.shape[0], dtype=torch.float64, device=values.device
+    )
+    return ranks - ranks.mean()
 
 
 def split_by_gap(score: Tensor, members: Tensor, min_gap: float) -> Tensor:

@@ -8,6 +8,7 @@ from e2abl_lightning.models.e2abl.state import (
     ashman_d,
     confusion_spreads,
     otsu_threshold,
+    rank_agreements,
     split_by_gap,
 )
 
@@ -375,6 +376,59 @@ def test_confusion_spread_counts_on_the_first_decisions_only():
         state.accumulate(torch.arange(N), loss, probs, given)
         logs = state.decide(epoch, cfg)
     assert logs["train/confusion_spread_max"] > 0.2 and int(state.suspected_target) == -1
+
+
+def _warped_epoch(epoch: int, poisoned: bool = True):
+    """K=3: every member's shallow losses and main-head loss follow one difficulty, except 7 poisons given
+    label 0 that the main head fits far below everything (a trigger only the deep layers see) while the
+    shallow heads rank them among the class's clean members. No label dominates the flagged sets."""
+    g = torch.Generator().manual_seed(epoch)
+    given = torch.arange(N) % K
+    poisons = torch.tensor([0, 3, 6, 9, 12, 15, 18]) if poisoned else torch.tensor([], dtype=torch.long)
+    difficulty = torch.rand(N, generator=torch.Generator().manual_seed(0))  # the same every epoch
+    loss = 0.5 + difficulty + 0.01 * torch.rand(H, N, generator=g)  # [H, N]
+    p_given = 0.99 - 0.5 * difficulty
+    p_given[poisons] = 1 - 1e-4 * (1 + torch.rand(len(poisons), generator=g))
+    probs = ((1 - p_given) / (K - 1)).unsqueeze(1).repeat(1, K)  # [N, K]
+    probs[torch.arange(N), given] = p_given
+    return given, loss, probs, poisons
+
+
+def test_rank_agreements_drop_where_the_main_head_alone_fits_a_group():
+    given, loss, probs, _ = _warped_epoch(0)
+    main = -torch.log(probs[torch.arange(N), given])
+    rho = rank_agreements(loss, main, given, torch.ones(N, dtype=torch.bool), K).max(dim=0).values
+    assert float(rho[1]) > 0.95 and float(rho[2]) > 0.95, "clean classes: both heads rank alike"
+    assert float(rho[0]) < 0.6, "class 0: the poisons sit lowest for the main head only"
+    few = torch.zeros(N, dtype=torch.bool)
+    few[[0, 1, 2, 4]] = True  # class 0 has two members here, class 1 two, class 2 none
+    assert torch.isinf(rank_agreements(loss, main, given, few, K)).all()
+
+
+def test_rank_agreement_names_a_target_whose_trigger_only_the_main_head_fits():
+    """WaNet-like: named by the rank disagreement, the target is cut at Otsu's threshold of its members'
+    main-head loss (the poisons, every one given a recovered label); without poisons nothing is named."""
+    cfg = DecisionConfig(warmup_epochs=1, isolation_ratio=0.3, min_label_share=0.9, max_rank_agreement=0.6)
+    runs = {}
+    for poisoned in (True, False):
+        for config in (cfg, DecisionConfig(warmup_epochs=1, isolation_ratio=0.3, min_label_share=0.9)):
+            state = IsolationState(N, K, H)
+            for epoch in range(3):
+                given, loss, probs, poisons = _warped_epoch(epoch, poisoned)
+                state.reset_accumulators()
+                state.accumulate(torch.arange(N), loss, probs, given)
+                logs = state.decide(epoch, config)
+            runs[poisoned, config is cfg] = (state, logs, poisons)
+    state, logs, poisons = runs[True, True]
+    assert logs["train/rank_agreement_min"] < 0.6
+    assert int(state.suspected_target) == 0 and int(state.target_source) == 3
+    expected = torch.zeros(N, dtype=torch.bool)
+    expected[poisons] = True
+    assert torch.equal(state.isolated, expected) and torch.equal(state.ascend, expected)
+    assert bool((state.recovered[poisons] >= 0).all()) and bool((state.recovered[poisons] != 0).all())
+    assert int(runs[True, False][0].suspected_target) == -1, "without the test nothing is named"
+    clean_state, clean_logs, _ = runs[False, True]
+    assert clean_logs["train/rank_agreement_min"] > 0.6 and int(clean_state.suspected_target) == -1
 
 
 def test_target_split_keeps_a_sample_once_isolated():
