@@ -228,16 +228,18 @@ class IsolationState(nn.Module):
         )
         # dirty-label poisons whose trigger only the deep layers see (WaNet's warp): the main head fits
         # them far below the class's clean members while no shallow head finds them easier than those,
-        # so within that class the shallow and main losses rank the members unlike in any other class
+        # so within that class the shallow and main losses rank the members unlike in any other class.
+        # The last resort, when no other test has a candidate: on dithered BPP, whose target the label
+        # share names, a clean class ranked lower (sandals 0.33, full set, seed 0)
         rho = rank_agreements(score, main_loss, self.given, valid & seen, probs.shape[1])  # [H, K]
         agreements = rho.max(dim=0).values  # [K]
         agree_class = int(torch.argmin(agreements))
         by_agreement = (
             not (by_confusion or by_separation)
+            and major < 0
             and early
+            and 0 < cfg.max_rank_agreement
             and float(agreements[agree_class]) <= cfg.max_rank_agreement
-            and cfg.max_rank_agreement > 0
-            and agree_class != major
         )
         if by_confusion:
             major = spread_class

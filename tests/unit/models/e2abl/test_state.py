@@ -429,6 +429,15 @@ def test_rank_agreement_names_a_target_whose_trigger_only_the_main_head_fits():
     assert int(runs[True, False][0].suspected_target) == -1, "without the test nothing is named"
     clean_state, clean_logs, _ = runs[False, True]
     assert clean_logs["train/rank_agreement_min"] > 0.6 and int(clean_state.suspected_target) == -1
+    # the last resort: a label-share candidate (class 1, easiest for the shallow heads) is not overruled
+    share_first = IsolationState(N, K, H)
+    for epoch in range(3):
+        given, loss, probs, _ = _warped_epoch(epoch)
+        loss[:, given == 1] *= 0.01
+        share_first.reset_accumulators()
+        share_first.accumulate(torch.arange(N), loss, probs, given)
+        share_first.decide(epoch, DecisionConfig(warmup_epochs=1, isolation_ratio=0.3, max_rank_agreement=0.6))
+    assert int(share_first.suspected_target) == 1 and int(share_first.target_source) == 0
 
 
 def test_target_split_keeps_a_sample_once_isolated():
