@@ -63,6 +63,9 @@ _SCALARS = (
     "target_source",
 )
 _SUM = ("acc_loss", "acc_count", "acc_prob")
+#: the least share of a class, estimated from its members' runner-up classes, that must look like label
+#: noise from every class before the rank-agreement test names it
+MIN_NOISE_SHARE = 1 / 3
 _MAX = ("acc_given", "oracle_poisoned", "oracle_true")
 
 
@@ -234,12 +237,17 @@ class IsolationState(nn.Module):
         rho = rank_agreements(score, main_loss, self.given, valid & seen, probs.shape[1])  # [H, K]
         agreements = rho.max(dim=0).values  # [K]
         agree_class = int(torch.argmin(agreements))
+        # and, as with any dirty-label target, the poisons' runner-up classes (their true ones) spread
+        # over every other class: a clean class that the heads rank apart is confused with a few
+        # look-alikes (shirts on a clean subset: 0.18-0.20 of the class; WaNet's target 0.51-0.54)
+        runner_up = confusion_spreads(probs, self.given, valid & seen, probs.shape[1], runner_up=True)  # [K]
         by_agreement = (
             not (by_confusion or by_separation)
             and major < 0
             and early
             and 0 < cfg.max_rank_agreement
             and float(agreements[agree_class]) <= cfg.max_rank_agreement
+            and float(runner_up[agree_class]) * (probs.shape[1] - 1) >= MIN_NOISE_SHARE
         )
         if by_confusion:
             major = spread_class
@@ -267,7 +275,7 @@ class IsolationState(nn.Module):
             # cut of main-head over shallow loss, at the decision)
             members = (self.given == target) & valid
             if newly and int(self.target_source) == 3:
-                ratio = main_loss / score[int(rho[:, target].argmax())].clamp(min=1e-12)  # [N]
+                ratio = main_loss / score[int(rho[:, target].argmax())].clamp(min=1e-6)  # [N], floored as main_loss
                 fitted = members & seen & torch.isfinite(ratio)
                 self.isolated |= fitted & (torch.log(ratio.clamp(min=1e-12)) < otsu_threshold(ratio, fitted))
             self.isolated |= members & (self.pred_ema.argmax(dim=1) != target)
@@ -426,9 +434,11 @@ def class_separations(main_loss: Tensor, given: Tensor, seen: Tensor, num_classe
     return out
 
 
-def confusion_spreads(probs: Tensor, given: Tensor, valid: Tensor, num_classes: int) -> Tensor:
+def confusion_spreads(probs: Tensor, given: Tensor, valid: Tensor, num_classes: int, runner_up: bool = False) -> Tensor:
     """Per class ``c``, the median over the other classes ``j`` of the share of ``c``'s members that
-    ``probs`` ``[N, K]`` (the main head's prediction EMA) gives to ``j`` with probability above 0.5, ``[K]``.
+    ``probs`` ``[N, K]`` (the main head's prediction EMA) gives to ``j`` with probability above 0.5, ``[K]``;
+    with ``runner_up``, whose most probable class other than ``c`` is ``j`` (every member counts; times
+    ``K - 1`` this estimates the share of the class that looks like label noise from every class).
 
     Dirty-label poisons drawn from every class, before the trigger is learned, are predicted as their
     true classes: their target class is confused with every other class about equally (FTrojan on
@@ -439,8 +449,12 @@ def confusion_spreads(probs: Tensor, given: Tensor, valid: Tensor, num_classes: 
     k = num_classes
     if k < 2:
         return torch.zeros(k, dtype=torch.float64, device=probs.device)
-    pred = probs.argmax(dim=1)  # [N]
-    wrong = valid & (pred != given) & (probs.max(dim=1).values > 0.5)
+    if runner_up:
+        pred = probs.scatter(1, given.clamp(min=0).unsqueeze(1), -1.0).argmax(dim=1)  # [N]
+        wrong = valid
+    else:
+        pred = probs.argmax(dim=1)  # [N]
+        wrong = valid & (pred != given) & (probs.max(dim=1).values > 0.5)
     counts = torch.bincount(given[wrong] * k + pred[wrong], minlength=k * k).view(k, k)  # [given, predicted]
     others = counts[~torch.eye(k, dtype=torch.bool, device=counts.device)].view(k, k - 1).double()  # [K, K-1]
     sizes = torch.bincount(given[valid], minlength=k).double().clamp(min=1)  # [K]
