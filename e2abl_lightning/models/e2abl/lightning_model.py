@@ -87,14 +87,15 @@ class E2ABL(BackdoorClassifier):
             separation: dirty-label poisons whose trigger is not learned yet look like label noise from
             every source class (FTrojan). From the decision on, every member of such a target that the
             prediction EMA gives to another class is unlearned (the set only grows). 0 turns this off.
-        max_rank_agreement: on the first ``target_patience`` decisions, when neither of the two tests above
-            names a class, the class whose members no shallow head ranks like the main head does (the
-            largest Spearman correlation between a shallow head's and the main head's per-sample losses,
-            :func:`~e2abl_lightning.models.e2abl.state.rank_agreements`) becomes the candidate target,
-            ahead of the label share, if that correlation is at most this: the main head fits poisons of
-            a trigger only deep layers see (WaNet) far below the class's clean members, the shallow heads
-            do not. Such a target is cut at Otsu's threshold of its members' main-head loss at the
-            decision, and then grows as with ``min_confusion_spread``. 0 turns this off.
+        max_rank_agreement: on the first ``target_patience`` decisions, when no other test names a
+            candidate, the class whose members no shallow head ranks like the main head does (the largest
+            Spearman correlation between a shallow head's and the main head's per-sample losses,
+            :func:`~e2abl_lightning.models.e2abl.state.rank_agreements`) becomes the candidate target if
+            that correlation is at most this and at least a third of the class looks like label noise
+            from every class (its members' runner-up classes spread over all others): the main head fits
+            poisons of a trigger only deep layers see (WaNet) far below the class's clean members, the
+            shallow heads do not. Such a target is cut at Otsu's threshold of its members' main-head over
+            shallow loss at the decision, and then grows as with ``min_confusion_spread``. 0 turns this off.
     """
 
     def __init__(

@@ -63,10 +63,10 @@ _SCALARS = (
     "target_source",
 )
 _SUM = ("acc_loss", "acc_count", "acc_prob")
+_MAX = ("acc_given", "oracle_poisoned", "oracle_true")
 #: the least share of a class, estimated from its members' runner-up classes, that must look like label
 #: noise from every class before the rank-agreement test names it
 MIN_NOISE_SHARE = 1 / 3
-_MAX = ("acc_given", "oracle_poisoned", "oracle_true")
 
 
 @dataclass
