@@ -470,7 +470,8 @@ def rank_agreements(score: Tensor, main_loss: Tensor, given: Tensor, valid: Tens
     the better head's correlation is 0.49 or more for every class of a clean run); a trigger that only
     the deep layers see makes the main head fit the poisons far below the class's clean members while
     the shallow heads rank them among those, so the poisoned class's correlation drops (0.37-0.40 on
-    the deciding epochs). Ties are ranked by index.
+    the deciding epochs). Not specific alone: clean shirts of a 20,000-image clean run reached 0.31,
+    which is why the decision also asks for a runner-up spread. Ties are ranked by index.
     """
     h = score.shape[0]
     out = torch.full((h, num_classes), float("inf"), dtype=torch.float64, device=score.device)
