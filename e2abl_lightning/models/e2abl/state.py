@@ -276,8 +276,7 @@ class IsolationState(nn.Module):
             members = (self.given == target) & valid
             if newly and int(self.target_source) == 3:
                 ratio = main_loss / score[int(rho[:, target].argmax())].clamp(min=1e-6)  # [N], floored as main_loss
-                fitted = members & seen & torch.isfinite(ratio)
-                self.isolated |= fitted & (torch.log(ratio.clamp(min=1e-12)) < otsu_threshold(ratio, fitted))
+                self.isolated |= below_otsu(ratio, members & seen)
             self.isolated |= members & (self.pred_ema.argmax(dim=1) != target)
             self.ascend.copy_(self.isolated)
         elif target >= 0 and int(self.target_source) == 1:
@@ -286,7 +285,7 @@ class IsolationState(nn.Module):
             # loss, so this view is only clean before the cleansing starts: the set is kept
             if newly:
                 members = (self.given == target) & seen
-                self.isolated.copy_(members & (torch.log(main_loss) < otsu_threshold(main_loss, members)))
+                self.isolated.copy_(below_otsu(main_loss, members))
                 self.ascend.copy_(self.isolated)  # no gap split: the poisons' main losses span decades
         else:
             if cfg.cleanse_scope == "all_flagged":
@@ -295,7 +294,7 @@ class IsolationState(nn.Module):
                 # a sample once below the class's cut stays isolated: the cut moves from epoch to epoch,
                 # and the poisons it misses re-teach the trigger (Trojan: back from 0.2% to 97.8% ASR)
                 members = (self.given == target) & torch.isfinite(score[head])
-                self.isolated |= members & (log_score[head] < otsu_threshold(score[head], members))
+                self.isolated |= below_otsu(score[head], members)
             elif target >= 0:
                 self.isolated.copy_(self.flagged & (self.given == target))
             else:
@@ -390,6 +389,11 @@ def otsu_threshold(score: Tensor, members: Tensor) -> float:
     return float((values[n - 1] + values[n]) / 2)
 
 
+def below_otsu(score: Tensor, members: Tensor) -> Tensor:
+    """Mask of the ``members`` whose log-score falls below :func:`otsu_threshold` of theirs, ``[N]``."""
+    return members & (torch.log(score.clamp(min=1e-12)) < otsu_threshold(score, members))
+
+
 def ashman_d(values: Tensor) -> float:
     """Ashman's D of Otsu's two clusters of ``values``: the distance between their means in units of
     the pooled within-cluster standard deviation (a split unimodal bell gives about 2.7; well-separated
@@ -415,7 +419,7 @@ def high_cluster_agreement(main_loss: Tensor, probs: Tensor, given: Tensor, seen
     """Share of class ``label``'s members above Otsu's cut of their ``main_loss`` whose most probable
     class (``probs`` ``[N, K]``) is ``label``; 0.0 if none."""
     members = seen & (given == label)
-    high = members & (torch.log(main_loss) >= otsu_threshold(main_loss, members))
+    high = members & ~below_otsu(main_loss, members)
     if int(high.sum()) == 0:
         return 0.0
     return float((probs[high].argmax(dim=1) == label).float().mean())
@@ -475,8 +479,9 @@ def rank_agreements(score: Tensor, main_loss: Tensor, given: Tensor, valid: Tens
     """
     h = score.shape[0]
     out = torch.full((h, num_classes), float("inf"), dtype=torch.float64, device=score.device)
+    scored = valid & torch.isfinite(score).all(dim=0)  # [N]
     for c in range(num_classes):
-        members = valid & (given == c) & torch.isfinite(score).all(dim=0)
+        members = scored & (given == c)
         if int(members.sum()) < 3:
             continue
         main_rank = _centred_ranks(main_loss[members])  # [M]
