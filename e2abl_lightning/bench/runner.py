@@ -334,6 +334,9 @@ def main(argv: list[str] | None = None) -> None:
         "--defenses", nargs="+", metavar="NAME", help="run only these defenses' cells (e.g. after a change to one)"
     )
     parser.add_argument("--datasets", nargs="+", metavar="NAME", help="run only these data configs' cells (by stem)")
+    parser.add_argument(
+        "--report", type=Path, metavar="PAGE.md", help="also write a results page (table, plot, machine)"
+    )
     args = parser.parse_args(argv)
     try:
         shard, shards = (int(v) for v in args.shard.split("/"))
@@ -355,6 +358,12 @@ def main(argv: list[str] | None = None) -> None:
                 parser.error(f"{flag} {unknown} not in suite {args.suite!r}; its {flag[2:]}: {known}")
             cells = [c for c in cells if _cell_key(c, key) in names]
     rows = run_suite(cells[shard::shards], args.out)
+    if args.report:
+        from e2abl_lightning.bench.results_page import write_page
+
+        write_page(
+            args.report, rows, cells[shard::shards], args.out, list(sys.argv[1:] if argv is None else argv), args.suite
+        )
     print(summarise(rows))
     plots = [p.name for p in (args.out / "ca_vs_asr.png", args.out / "poison_rate_curve.png") if p.is_file()]
     print(f"\nwritten: {args.out / 'results.csv'}, {args.out / 'results.md'}, plots {plots}")
