@@ -262,21 +262,6 @@ def test_precision_override_reaches_every_cell_and_the_trainer():
         main(["--suite", "demo", "--out", "x", "--precision", "fp8"])
 
 
-@pytest.mark.slow
-def test_abl_anchor_digits_cell_isolates_poisons_and_unlearning_lowers_asr(tmp_path, monkeypatch):
-    """ABL's anchor behaviour on bundled data, through the benchmark's own code path: on the digits
-    suite's seed-0 cell the isolated 1% is mostly poisoned and the ascent takes ASR far down."""
-    monkeypatch.chdir(tmp_path)
-    cell = next(c for c in load_suite("abl_anchor_digits") if c.defense == "abl" and c.seed == 0)
-    row = run_cell(cell, tmp_path / "out")
-    metrics = list(csv.DictReader(open(next((tmp_path / "out" / "cells").rglob("metrics.csv")))))
-    val_asr = {int(r["epoch"]): float(r["val/asr"]) for r in metrics if r.get("val/asr")}
-    before = val_asr[5]  # the evaluation-only first unlearning epoch: the model before any ascent
-    print(f"isolation precision {row['iso_precision']:.2f}, ASR {before:.3f} -> test {row['asr']:.3f}")
-    assert row["iso_precision"] > 0.5, "ABL's isolated 1% should be mostly poisoned"
-    assert before > 0.9 and row["asr"] < 0.3, f"ASR {before:.3f} -> {row['asr']:.3f}: the ascent did not remove it"
-
-
 def test_every_suite_expands_to_cells_whose_configs_exist():
     for path in sorted((CONFIG_ROOT / "suite").glob("*.yaml")):
         cells = load_suite(path.stem)

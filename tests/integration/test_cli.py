@@ -6,6 +6,7 @@ import importlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import traceback
@@ -66,8 +67,13 @@ def run_cli(args: list[str], config: Path):
         pytest.fail(f"{config.name}: the CLI exited with code {err.code}")
 
 
-def test_experiment_configs_exist() -> None:
-    assert OSULEAF_NO_DEFENSE in EXPERIMENTS
+def test_every_config_the_docs_name_exists() -> None:
+    """Each ``configs/...yaml`` path in README.md and docs/ is a shipped config a user can run."""
+    docs = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    named = {m for doc in docs for m in re.findall(r"configs/[\w/.-]+?\.ya?ml", doc.read_text())}
+    assert named, "the docs name no config: is the pattern still right?"
+    missing = sorted(path for path in named if not (REPO / path).is_file())
+    assert not missing, f"the docs name configs that do not exist: {missing}"
 
 
 def test_config_with_data_missing_offline_is_skipped(in_tmp_dir: Path) -> None:

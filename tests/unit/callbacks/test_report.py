@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Run
 from PIL import Image
 
 from e2abl_lightning.report import main, make_report, read_metrics
+from tests.helpers import Fit
 
 SCRIPT = Path(sys.executable).with_name("e2abl-report")
 
 
-def test_report_png_from_real_run(gunpoint_run: Run, tmp_path: Path) -> None:
+def test_report_png_from_real_run(gunpoint_run: Fit, tmp_path: Path) -> None:
     series = read_metrics(gunpoint_run.log_dir / "metrics.csv")
     assert sorted(series["val/clean_acc"]) == [0, 1, 2, 3]
     assert {1, 2, 3} <= set(series["isolation/precision"]) and sorted(series["train/num_flagged"]) == [1, 2, 3]
@@ -27,7 +27,7 @@ def test_report_png_from_real_run(gunpoint_run: Run, tmp_path: Path) -> None:
         assert image.format == "PNG" and image.size[0] > 600
 
 
-def test_report_finds_the_only_run_below(gunpoint_run: Run, tmp_path: Path, capsys) -> None:
+def test_report_finds_the_only_run_below(gunpoint_run: Fit, tmp_path: Path, capsys) -> None:
     shutil.copytree(gunpoint_run.log_dir, tmp_path / "logs" / "run" / "version_0")
     main([str(tmp_path / "logs")])
     assert Path(capsys.readouterr().out.strip()) == tmp_path / "logs" / "run" / "version_0" / "report.png"

@@ -6,10 +6,11 @@ import csv
 from pathlib import Path
 
 import torch
-from conftest import Run
+
+from tests.helpers import Fit
 
 
-def test_suspects_csv_matches_state(gunpoint_run: Run) -> None:
+def test_suspects_csv_matches_state(gunpoint_run: Fit) -> None:
     state = gunpoint_run.model.state
     with (gunpoint_run.log_dir / "suspects.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -38,7 +39,7 @@ def test_suspects_csv_matches_state(gunpoint_run: Run) -> None:
         assert abs(float(row["score"]) - float(score[i])) < 1e-4
 
 
-def test_write_suspects_with_ids(gunpoint_run: Run, tmp_path: Path, monkeypatch) -> None:
+def test_write_suspects_with_ids(gunpoint_run: Fit, tmp_path: Path, monkeypatch) -> None:
     dataset = gunpoint_run.trainer.train_dataloader.dataset
     monkeypatch.setattr(dataset, "ids", [f"sample-{i}" for i in range(len(dataset))], raising=False)
     path = tmp_path / "sub" / "suspects.csv"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -324,12 +323,16 @@ def test_wrong_input_rank_is_rejected() -> None:
 
 
 @pytest.mark.parametrize("name", ["badnets", "blend", "wanet", "bpp", "sig", "ftrojan", "trojan"])
-def test_fixed_triggers_are_vectorised(name: str) -> None:
-    x = images(n=5000, size=32)
+def test_fixed_triggers_treat_each_image_alone(name: str) -> None:
+    """A fixed trigger is one batched transform: an image's output does not depend on its batch-mates, so
+    poisoning in chunks equals poisoning at once (their speed is timed by ``python -m
+    e2abl_lightning.bench.poisoning``, not here)."""
+    x = images(n=64, size=32)
     trigger = set_up(name, x)
-    start = time.perf_counter()
-    trigger.apply(x, gen())
-    assert time.perf_counter() - start < 2.0  # 50,000 CIFAR images take seconds
+    whole = trigger.apply(x, gen())
+    parts = torch.cat([trigger.apply(x[:24], gen()), trigger.apply(x[24:], gen())])
+    assert whole.shape == x.shape and not torch.equal(whole, x)
+    torch.testing.assert_close(parts, whole, atol=1e-6, rtol=0)
 
 
 def test_gallery_writes_one_png(tmp_path: Path) -> None:

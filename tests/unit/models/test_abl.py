@@ -22,6 +22,7 @@ from e2abl_lightning.models.baselines.abl import (
     lga,
     resolve_schedule,
 )
+from tests.helpers import quiet_trainer
 
 
 def tiny_fcn(input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
@@ -30,20 +31,6 @@ def tiny_fcn(input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
 
 def make(**kwargs) -> ABL:
     return ABL(tiny_fcn, 3, (1, 32), **kwargs)
-
-
-def quiet_trainer(max_epochs: int, callbacks: list[L.Callback], **kwargs) -> L.Trainer:
-    """A CPU trainer with no logger, checkpoints, progress bar or model summary."""
-    return L.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        **kwargs,
-    )
 
 
 # ---- pure losses -------------------------------------------------------------------------------------
@@ -291,7 +278,7 @@ def test_checkpoint_restores_isolated_set() -> None:
     assert "oracle_poisoned" not in state["state_dict"]  # oracle flags are metrics only, never checkpointed
 
 
-# ---- a short real training on a bundled UCR set -------------------------------------------------------
+# ---- a short real training on constructed data ------------------------------------------------------
 class _History(L.Callback):
     """Records val ASR per epoch (observes only)."""
 
@@ -303,41 +290,38 @@ class _History(L.Callback):
             self.asr[trainer.current_epoch] = float(trainer.callback_metrics["val/asr"])
 
 
-@pytest.mark.slow
-def test_abl_isolates_poisons_and_unlearning_lowers_asr() -> None:
+@pytest.mark.parametrize("poison_seed", [0, 1])
+def test_abl_isolates_poisons_and_unlearning_removes_the_backdoor(poison_seed: int) -> None:
+    """Constructed data where every poison is far easier than every clean sample (noise with random labels;
+    the trigger a large spike): ABL's lowest-loss 10% is poisons only, and two ascent epochs take the
+    learned backdoor away. Measured on poison seeds 0-2 with 1 and 2 threads: isolated 20 of 20 poisoned,
+    ASR 1.0 before the ascent and 0.0 after it, every time."""
     from e2abl_lightning.callbacks import BackdoorEvalCallback
-    from e2abl_lightning.data.datamodules import UCRDataModule
-    from e2abl_lightning.data.triggers import StaticPattern
+    from tests.helpers import SMALL_FCN, SeparableSeries
 
-    L.seed_everything(0, verbose=False)
-    rate = 0.1
-    dm = UCRDataModule("OSULeaf", StaticPattern(), poison_rate=rate, download=False)
+    L.seed_everything(poison_seed, verbose=False)
+    dm = SeparableSeries(poison_seed=poison_seed)
     model = ABL(
-        FCN,
+        SMALL_FCN,
         dm.num_classes,
         dm.input_shape,
-        optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
         schedule="custom",
-        isolation_epochs=10,
-        finetune_epochs=2,
-        unlearning_epochs=3,
-        lga_gamma=1.0,
-        isolation_ratio=0.2,
-        unlearn_lr=5e-4,
+        isolation_epochs=3,
+        finetune_epochs=1,
+        unlearning_epochs=4,
+        lga_gamma=0.5,
+        isolation_ratio=0.1,
+        unlearn_lr=1e-2,
         unlearn_batch_size=4,
     )
     history = _History()
-    trainer = quiet_trainer(15, [BackdoorEvalCallback(dm.num_classes, 0), history], num_sanity_val_steps=0)
+    trainer = quiet_trainer(8, [BackdoorEvalCallback(dm.num_classes, dm.target_label), history], limit_val_batches=1.0)
     trainer.fit(model, datamodule=dm)
-    metrics = trainer.callback_metrics
-    assert int(metrics["train/num_isolated"]) == int(0.2 * len(dm.train_set))
-    assert float(metrics["train/phase"]) == 2.0
-    precision = float(metrics["isolation/precision"])
-    assert precision >= 3 * rate, f"isolation precision {precision:.2f} is not well above the poison rate {rate}"
-    # epoch 12 is the evaluation-only first unlearning epoch: the model before any ascent
-    before, after = history.asr[12], history.asr[14]
-    print(f"isolation precision {precision:.2f}, ASR {before:.2f} -> {after:.2f}")
-    assert after < before - 0.2, f"ASR {before:.2f} -> {after:.2f}: unlearning did not lower it"
-    unlearn_ce = float(metrics["train/unlearn_ce"])  # the isolated set's CE in the last ascent epoch
-    print(f"unlearn CE {unlearn_ce:.2f}")
-    assert unlearn_ce > math.log(2), f"the isolated set's CE {unlearn_ce:.3f} shows no ascent"
+    poisoned = dm.train_set.poisoned
+    assert int(model.isolated.sum()) == round(0.1 * len(poisoned))
+    assert bool(poisoned[model.isolated].all()), "a clean sample was isolated"
+    assert float(trainer.callback_metrics["isolation/precision"]) == 1.0
+    # epoch 4 is the evaluation-only first unlearning epoch: the model before any ascent
+    before, after = history.asr[4], history.asr[7]
+    assert before > 0.9 and after < 0.1, f"ASR {before:.2f} -> {after:.2f}: the ascent did not remove the backdoor"
+    assert float(trainer.callback_metrics["train/unlearn_ce"]) > math.log(dm.num_classes)  # ascended past chance
