@@ -1,13 +1,15 @@
-"""A tiny E2ABL (or ABL) fit on GunPoint, run as a script so that Lightning's DDP launcher can re-invoke it.
+"""A tiny E2ABL (or ABL) fit, run as a script so that Lightning's DDP launcher can re-invoke it.
 
-Used by ``test_ddp.py`` (one process or ``--devices 2`` under DDP) and ``test_reproducibility.py``
-(``--manifest-only``: print the poison manifest's hash). Every rank writes ``rank<r>.pt`` into
-``--out``: E2ABL's state bank buffers (persistent and accumulators) or ABL's isolated mask, and the
-model's weights.
+Used by ``test_ddp.py`` (one process or ``--devices 2`` under DDP, on constructed series whose poisons
+are trivially separable, so that a target is named and samples isolated on any machine) and
+``test_reproducibility.py`` (``--manifest-only``: print GunPoint's poison manifest hash). Every rank
+writes ``rank<r>.pt`` into ``--out``: E2ABL's state bank buffers (persistent and accumulators) or
+ABL's isolated mask, and the model's weights.
 
 Usage::
 
     python tests/reliability/_e2abl_fit.py --out DIR [--devices 2] [--batch-size 5] [--norm group] [--model abl]
+        [--data gunpoint]
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from functools import partial
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -26,20 +28,21 @@ from torch.utils.data import DataLoader, DistributedSampler
 from e2abl_lightning.cli import end_process_group
 from e2abl_lightning.data.datamodules import UCRDataModule
 from e2abl_lightning.data.triggers import StaticPattern
-from e2abl_lightning.models.backbones import FCN
 from e2abl_lightning.models.baselines import ABL
 from e2abl_lightning.models.e2abl import E2ABL
 
-SMALL_FCN = partial(FCN, layers=(16, 32, 16))
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run as a script: make ``tests.helpers`` importable
+from tests.helpers import SMALL_FCN, SeparableSeries, quiet_trainer  # noqa: E402
+
 #: ``e2abl fit`` on GunPoint from the shipped configs
 GUNPOINT_CONFIGS = [
     REPO / "configs" / f for f in ("trainer/cpu.yaml", "data/gunpoint_static.yaml", "model/fcn_e2abl.yaml")
 ]
 
 
-class OrderedUCR(UCRDataModule):
-    """GunPoint in the order DDP uses: Lightning gives every DDP rank a ``DistributedSampler`` (shuffled
+class DDPOrder:
+    """Training batches in the order DDP uses: Lightning gives every DDP rank a ``DistributedSampler`` (shuffled
     with the seed of ``seed_everything``; rank ``r`` takes positions ``r, r + W, ...`` of one permutation
     per epoch). A single process gets the same sampler with one replica, so its batch ``i`` of size
     ``W * b`` holds exactly the samples of the ranks' batches ``i`` of size ``b``."""
@@ -50,6 +53,14 @@ class OrderedUCR(UCRDataModule):
             return loader  # Lightning injects its DistributedSampler
         sampler = DistributedSampler(loader.dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
         return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last)
+
+
+class OrderedUCR(DDPOrder, UCRDataModule):
+    """GunPoint in DDP's order."""
+
+
+class OrderedSeparable(DDPOrder, SeparableSeries):
+    """50 constructed training series (10 poisoned) in DDP's order."""
 
 
 def per_sample_norm(module: nn.Module) -> nn.Module:
@@ -63,7 +74,9 @@ def per_sample_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-def make_datamodule(batch_size: int, poison_seed: int = 0) -> OrderedUCR:
+def make_datamodule(batch_size: int, poison_seed: int = 0, data: str = "gunpoint") -> DDPOrder:
+    if data == "separable":
+        return OrderedSeparable(n_train=50, poison_rate=0.2, batch_size=batch_size, poison_seed=poison_seed)
     return OrderedUCR(
         "GunPoint",
         StaticPattern(),
@@ -92,12 +105,13 @@ def main() -> None:
     parser.add_argument("--poison-seed", type=int, default=0)
     parser.add_argument("--manifest-only", action="store_true")
     parser.add_argument("--model", choices=("e2abl", "abl"), default="e2abl")
+    parser.add_argument("--data", choices=("separable", "gunpoint"), default="separable")
     args = parser.parse_args()
     torch.set_num_threads(1)  # a shared CPU: one thread per process
     args.out.mkdir(parents=True, exist_ok=True)
 
     L.seed_everything(0, verbose=False)
-    dm = make_datamodule(args.batch_size, args.poison_seed)
+    dm = make_datamodule(args.batch_size, args.poison_seed, "gunpoint" if args.manifest_only else args.data)
     if args.manifest_only:
         (args.out / "manifest_hash.txt").write_text(manifest_hash(dm))
         return
@@ -120,19 +134,8 @@ def main() -> None:
         )
     if args.norm == "group":
         per_sample_norm(model)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=args.devices,
-        strategy="ddp" if args.devices > 1 else "auto",
-        max_epochs=args.epochs,
-        deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    strategy = "ddp" if args.devices > 1 else "auto"
+    trainer = quiet_trainer(args.epochs, devices=args.devices, strategy=strategy)
     trainer.fit(model, dm)
     if isinstance(model, ABL):
         state = {"isolated": model.isolated.detach().cpu().clone()}

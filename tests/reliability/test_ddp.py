@@ -7,7 +7,7 @@ What "the same" means here. The design promises two things:
    state bank and weights to a file);
 2. DDP with batch ``b`` on ``W`` ranks is the one-process run with batch ``W * b``. That holds exactly
    in real arithmetic only for a genuinely equivalent set-up: the same samples in every global batch
-   (the single process uses the same DistributedSampler permutation, see ``_e2abl_fit.OrderedUCR``)
+   (the single process uses the same DistributedSampler permutation, see ``_e2abl_fit.DDPOrder``)
    and a normalisation that does not depend on the batch (BatchNorm's batch statistics would be per
    rank, and SyncBatchNorm needs a GPU: the backbone and heads use GroupNorm(1, C) here). In floating
    point the gradient is then summed in another order, so weights and scores agree to ~1e-6, and the
@@ -63,7 +63,7 @@ def _finish(proc: subprocess.Popen, what: str) -> None:
 
 @pytest.mark.slow
 def test_ddp_two_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
-    b = 5  # GunPoint's 50 training series: 25 per rank, 5 steps per epoch either way (no padding, no drop)
+    b = 5  # 50 training series: 25 per rank, 5 steps per epoch either way (no padding, no drop)
     single = _launch(tmp_path / "single", 1, 2 * b, tmp_path)
     ddp = _launch(tmp_path / "ddp", 2, b, tmp_path)
     _finish(single, "single-process fit")
@@ -117,7 +117,7 @@ def test_abl_under_ddp_keeps_ranks_identical_and_isolates_as_one_process(tmp_pat
     rank1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
     assert rank0["world_size"] == rank1["world_size"] == 2
     isolated = one["state"]["isolated"]
-    assert int(isolated.sum()) == 10  # 20% of GunPoint's 50 training series
+    assert int(isolated.sum()) == 10  # 20% of the 50 training series
     assert torch.equal(rank0["state"]["isolated"], rank1["state"]["isolated"])
     assert torch.equal(rank0["state"]["isolated"], isolated)
     for name in rank0["weights"]:

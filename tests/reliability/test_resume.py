@@ -13,40 +13,35 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from _e2abl_fit import SMALL_FCN
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from e2abl_lightning.callbacks import BackdoorEvalCallback
 from e2abl_lightning.data.datamodules import UCRDataModule
-from e2abl_lightning.data.triggers import StaticPattern
 from e2abl_lightning.models.e2abl import E2ABL
+from tests.helpers import gunpoint, tiny_fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _datamodule() -> UCRDataModule:
-    return UCRDataModule("GunPoint", StaticPattern(), poison_rate=0.2, batch_size=8, download=False)
+    return gunpoint()
 
 
 def _fit(epochs: int, root: Path, ckpt_path: Path | None = None) -> tuple[E2ABL, L.Trainer]:
-    L.seed_everything(0, verbose=False)
-    dm = _datamodule()
-    model = E2ABL(SMALL_FCN, dm.num_classes, dm.input_shape, warmup_epochs=1, target_patience=1)
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        deterministic=True,
-        logger=False,
+    callbacks = [
+        ModelCheckpoint(dirpath=root, save_last=True, save_on_train_epoch_end=True),
+        BackdoorEvalCallback(2, 0),
+    ]
+    model, trainer, _ = tiny_fit(
+        epochs,
+        _datamodule(),
+        callbacks,
+        model_kwargs={"warmup_epochs": 1},
+        ckpt_path=ckpt_path,
+        enable_checkpointing=True,
+        limit_val_batches=1.0,
         default_root_dir=root,
-        callbacks=[
-            ModelCheckpoint(dirpath=root, save_last=True, save_on_train_epoch_end=True),
-            BackdoorEvalCallback(dm.num_classes, dm.target_label),
-        ],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
     )
-    trainer.fit(model, dm, ckpt_path=ckpt_path)
     return model, trainer
 
 

@@ -14,19 +14,16 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from _e2abl_fit import SMALL_FCN
 from lightning.fabric.utilities.cloud_io import _load as lightning_load
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from e2abl_lightning.callbacks import BackdoorEvalCallback
-from e2abl_lightning.data.datamodules import UCRDataModule
 from e2abl_lightning.data.datasets.ucr import load_ucr
-from e2abl_lightning.data.triggers import StaticPattern
 from e2abl_lightning.models.e2abl import E2ABL
+from tests.helpers import SMALL_FCN, gunpoint, tiny_fit
 
 PACKAGE = Path(__file__).resolve().parents[2] / "e2abl_lightning"
 
@@ -46,24 +43,19 @@ def e2abl_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("security")
-    L.seed_everything(0, verbose=False)
-    dm = UCRDataModule("GunPoint", StaticPattern(), poison_rate=0.2, batch_size=16, download=False)
-    model = E2ABL(SMALL_FCN, dm.num_classes, dm.input_shape, warmup_epochs=1, target_patience=1)
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        default_root_dir=root,
-        callbacks=[
-            ModelCheckpoint(dirpath=root, save_last=True, save_on_train_epoch_end=True),
-            BackdoorEvalCallback(dm.num_classes, dm.target_label),
-        ],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+    callbacks = [
+        ModelCheckpoint(dirpath=root, save_last=True, save_on_train_epoch_end=True),
+        BackdoorEvalCallback(2, 0),
+    ]
+    tiny_fit(
+        2,
+        gunpoint(batch_size=16),
+        callbacks,
+        model_kwargs={"warmup_epochs": 1},
+        enable_checkpointing=True,
         limit_val_batches=1,
+        default_root_dir=root,
     )
-    trainer.fit(model, dm)
     torch.set_num_threads(threads)
     yield root / "last.ckpt"
 
