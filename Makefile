@@ -27,4 +27,5 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check e2abl_lightning tests
 
 test: $(STAMP) data lint
-	$(BIN)/python -m pytest -q
+	@start=$$(date +%s); $(BIN)/python -m pytest -q; rc=$$?; \
+	  echo "make test: pytest took $$(( $$(date +%s) - start )) s"; exit $$rc

@@ -1,4 +1,8 @@
-"""Shared test set-up: keep W&B off the network and out of the repository, keep CPU use small."""
+"""Shared test set-up: keep W&B off the network and out of the repository, keep CPU use small.
+
+The suite must pass on any CPU: ``OMP_NUM_THREADS=1 make test`` runs it on one thread, and
+``E2ABL_TEST_FLUSH_DENORMAL=1`` with denormals flushed to zero.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,10 @@ def _isolated_wandb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         folder.mkdir()
         os.environ[key] = str(folder)
     os.environ["WANDB_MODE"] = "disabled"  # a test that needs W&B sets it with monkeypatch.setenv
-    torch.set_num_threads(2)
+    # two threads like CI, unless OMP_NUM_THREADS asks for fewer (the suite must pass with 1 and 2)
+    torch.set_num_threads(min(2, int(os.environ.get("OMP_NUM_THREADS") or 2)))
+    if os.environ.get("E2ABL_TEST_FLUSH_DENORMAL") == "1":  # the other CPU float mode must pass too
+        torch.set_flush_denormal(True)
     yield
     for key, value in saved.items():
         if value is None:
