@@ -2,6 +2,14 @@
 
 from e2abl_lightning.models.e2abl.lightning_model import E2ABL
 from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState
-from e2abl_lightning.models.e2abl.torch_model import ShallowHead, TwoHeadNet, TwoHeadOutput
+from e2abl_lightning.models.e2abl.torch_model import FusedShallowHeads, ShallowHead, TwoHeadNet, TwoHeadOutput
 
-__all__ = ["E2ABL", "DecisionConfig", "IsolationState", "ShallowHead", "TwoHeadNet", "TwoHeadOutput"]
+__all__ = [
+    "E2ABL",
+    "DecisionConfig",
+    "FusedShallowHeads",
+    "IsolationState",
+    "ShallowHead",
+    "TwoHeadNet",
+    "TwoHeadOutput",
+]

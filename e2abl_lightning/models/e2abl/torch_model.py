@@ -1,12 +1,13 @@
 """The two-head network of E2ABL (Jiang et al., arXiv 2401.03215): no Lightning here.
 
 A forward hook on a named shallow layer of any backbone hands that layer's output to small shallow
-heads; the backbone runs unchanged, so tsai or torchvision models need no surgery.
+heads; the backbone runs unchanged, so tsai or torchvision models need no surgery. The heads run as one
+fused module (:class:`FusedShallowHeads`), equivalent to one :class:`ShallowHead` each.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +51,99 @@ class ShallowHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:  # [B, C, *S] -> [B, K]
         return self.fc(self.body(features))
+
+
+class FusedShallowHeads(nn.Module):
+    """Every shallow head in one module: one conv whose output channels hold each head's ``hidden``
+    channels in turn, one BN (per channel, so the same as one BN per head), ReLU, each head's global
+    pooling, and one batched linear. Equivalent to one :class:`ShallowHead` per entry of ``poolings``
+    (:meth:`from_heads` copies their weights); one kernel per layer instead of one per head.
+
+    Checkpoints of the separate heads (keys ``<h>.body.*``, ``<h>.fc.*``) are mapped on load.
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, poolings: tuple[Pooling, ...], hidden: int, spatial_dims: int
+    ) -> None:
+        super().__init__()
+        if not poolings:
+            raise ValueError("poolings must name at least one shallow head ('max' and/or 'avg')")
+        for pooling in poolings:
+            if pooling not in ("max", "avg"):
+                raise ValueError(f"pooling={pooling!r} must be 'max' or 'avg'")
+        if spatial_dims not in (1, 2):
+            raise ValueError(f"shallow features must be [B, C, L] or [B, C, H, W], got {spatial_dims} spatial dims")
+        h = len(poolings)
+        conv = nn.Conv1d if spatial_dims == 1 else nn.Conv2d
+        norm = nn.BatchNorm1d if spatial_dims == 1 else nn.BatchNorm2d
+        self.poolings = tuple(poolings)
+        self.hidden = hidden
+        self.conv = conv(in_channels, h * hidden, 3, padding=1, bias=False)
+        self.norm = norm(h * hidden)
+        self.weight = nn.Parameter(torch.empty(h, num_classes, hidden))  # [H, K, hidden]
+        self.bias = nn.Parameter(torch.empty(h, num_classes))  # [H, K]
+        bound = 1 / hidden**0.5  # nn.Linear's default initialisation
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+        self.register_buffer("is_max", torch.tensor([p == "max" for p in poolings]).view(1, h, 1), persistent=False)
+
+    @classmethod
+    def from_heads(cls, heads: list[ShallowHead]) -> FusedShallowHeads:
+        """The fused module holding exactly the weights (and BN statistics) of separate ``heads``."""
+        first = heads[0]
+        conv = first.body[0]
+        fused = cls(
+            conv.in_channels,
+            first.fc.out_features,
+            tuple(h.pooling for h in heads),
+            conv.out_channels,
+            conv.weight.ndim - 2,
+        )
+        fused.load_state_dict(_fuse_head_states([h.state_dict() for h in heads]))
+        return fused
+
+    def __len__(self) -> int:
+        return len(self.poolings)
+
+    def forward(self, features: Tensor) -> Tensor:  # [B, C, *S] -> [H, B, K]
+        x = torch.relu(self.norm(self.conv(features)))  # [B, H * hidden, *S]
+        x = x.flatten(2).unflatten(1, (len(self.poolings), self.hidden))  # [B, H, hidden, S]
+        if all(p == "max" for p in self.poolings):
+            pooled = x.amax(dim=-1)
+        elif all(p == "avg" for p in self.poolings):
+            pooled = x.mean(dim=-1)
+        else:
+            pooled = torch.where(self.is_max, x.amax(dim=-1), x.mean(dim=-1))  # [B, H, hidden]
+        return torch.baddbmm(self.bias.unsqueeze(1), pooled.transpose(0, 1), self.weight.transpose(1, 2))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        old = sorted({k[len(prefix) :].split(".", 1)[0] for k in state_dict if k.startswith(prefix)})
+        heads = [h for h in old if h.isdigit()]
+        if heads:  # a checkpoint of the separate heads: fuse its keys
+            per_head = [
+                {
+                    k[len(f"{prefix}{h}.") :]: state_dict.pop(k)
+                    for k in list(state_dict)
+                    if k.startswith(f"{prefix}{h}.")
+                }
+                for h in sorted(heads, key=int)
+            ]
+            state_dict.update({prefix + k: v for k, v in _fuse_head_states(per_head).items()})
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def _fuse_head_states(states: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Separate heads' state dicts (``body.0`` conv, ``body.1`` norm, ``fc``) as the fused module's."""
+    out = {
+        "conv.weight": torch.cat([s["body.0.weight"] for s in states]),
+        "weight": torch.stack([s["fc.weight"] for s in states]),
+        "bias": torch.stack([s["fc.bias"] for s in states]),
+    }
+    for key in states[0]:
+        if key.startswith("body.1."):  # per-channel tensors concatenate; a step counter is shared
+            values = [s[key] for s in states]
+            out["norm." + key[len("body.1.") :]] = torch.cat(values) if values[0].ndim else values[0]
+    return out
 
 
 def resolve_layer(backbone: nn.Module, name: str | None) -> tuple[str, nn.Module]:
@@ -104,9 +198,9 @@ class TwoHeadNet(nn.Module):
         # order, later initialisations) exactly as it is for the backbone alone
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch.initial_seed() % 2**31 + 1)
-            self.heads = nn.ModuleList(
-                ShallowHead(features.shape[1], num_classes, p, hidden, features.ndim - 2) for p in poolings
-            )
+            # built as separate heads (the same initial weights as ever), then fused
+            heads = [ShallowHead(features.shape[1], num_classes, p, hidden, features.ndim - 2) for p in poolings]
+            self.heads = FusedShallowHeads.from_heads(heads)
 
     @torch.no_grad()
     def _probe(self, input_shape: tuple[int, ...]) -> Tensor:
@@ -143,8 +237,7 @@ class TwoHeadNet(nn.Module):
         assert features is not None
         if not self.grad_to_stem:
             features = features.detach()
-        shallow = torch.stack([head(features) for head in self.heads])  # [H, B, K]
-        return TwoHeadOutput(main, shallow)
+        return TwoHeadOutput(main, self.heads(features))  # shallow: [H, B, K]
 
     def predict(self, x: Tensor) -> Tensor:
         """Inference through the main head only, ``[B, K]``."""
