@@ -1,61 +1,71 @@
-"""The ``e2abl`` command: a LightningCLI over any defense and any backdoor datamodule."""
+"""The ``e2abl`` command: a LightningCLI over any defense and any backdoor datamodule.
+
+An error a user can cause (a bad value, file, checkpoint or missing data) ends in one line,
+``e2abl: error: <what, the value, the fix>``, and exit code 2; ``--debug`` or ``E2ABL_DEBUG=1``
+shows the traceback instead. This module imports nothing heavy: Lightning loads only once a command
+runs, so ``e2abl --help`` answers at once. The LightningCLI itself is in :mod:`e2abl_lightning.cli_app`.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import traceback
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import WandbLogger
+if TYPE_CHECKING:
+    from e2abl_lightning.cli_app import E2ABLCLI
 
-from e2abl_lightning.callbacks import BackdoorEvalCallback, IsolationMonitor, TriggerGallery
-from e2abl_lightning.data.datamodules import BackdoorDataModule
-from e2abl_lightning.models.base import BackdoorClassifier
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+HELP = """\
+usage: e2abl [-h] [--debug] {fit,validate,test,predict} ...
+
+Train a clean classifier on poisoned data: E2ABL (end-to-end anti-backdoor learning) and baselines
+on images and time series, in PyTorch Lightning. Each command takes YAML configs (--config, later
+ones win) and any option as --section.key=value.
+
+examples:
+  e2abl fit --config configs/experiment/osuleaf_static_e2abl.yaml
+  e2abl test --config configs/experiment/osuleaf_static_e2abl.yaml \\
+      --ckpt_path logs/E2ABL-OSULeaf/version_0/checkpoints/last.ckpt
+
+subcommands (`e2abl <subcommand> --help` lists every option):
+  fit                 train: writes logs/<name>/version_N/ (metrics.csv, checkpoints, suspects.csv)
+  validate            score a checkpoint on the validation split
+  test                score a checkpoint on the test split (clean accuracy, ASR, robust accuracy)
+  predict             class probabilities of the clean test split
+
+options:
+  -h, --help          show this help message and exit
+  --debug             show the full traceback of an error (also E2ABL_DEBUG=1)
+"""
 
 
-class E2ABLCLI(LightningCLI):
-    """LightningCLI with the evaluation and media callbacks and the datamodule -> model/callback links."""
+def make_cli(args: Any = None, run: bool = True, exit_on_error: bool = True) -> E2ABLCLI:
+    """Build (and by default run) the CLI; ``args`` as a list or dict runs it from Python.
 
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(BackdoorEvalCallback, "eval")
-        parser.add_lightning_class_args(TriggerGallery, "gallery")
-        parser.add_lightning_class_args(IsolationMonitor, "isolation_monitor")
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
-        parser.link_arguments("data.num_classes", "eval.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.init_args.target_label", "eval.target_label")
-        # a rich progress bar (CA/ASR in it) unless the config sets trainer.callbacks or disables the bar
-        parser.set_defaults({"trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.RichProgressBar"}]})
+    With ``exit_on_error=False`` a malformed command raises ``argparse.ArgumentError`` instead of
+    printing jsonargparse's usage and exiting (``main`` turns it into one line).
+    """
+    from e2abl_lightning.cli_app import build_cli
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        super().parse_arguments(parser, args)
-        subcommand = self.config.get("subcommand")
-        if subcommand:  # before LightningCLI reads the checkpoint's hyperparameters and any run directory is made
-            check_checkpoint(self.config[subcommand].get("ckpt_path"))
+    return build_cli(args, run=run, exit_on_error=exit_on_error)
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
-        trainer = config.get("trainer")
-        if trainer is not None and trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
-            bars = ("RichProgressBar", "TQDMProgressBar")  # the default bar must not clash with a disabled bar
-            trainer.callbacks = [c for c in trainer.callbacks if _class_name(c) not in bars]
-        _name_wandb_loggers(config)
 
-    def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        loggers = self.trainer.loggers if getattr(self, "trainer", None) is not None else []
-        if any(isinstance(logger, WandbLogger) for logger in loggers):
-            config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
-            full = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False, skip_check=True))
-            for logger in loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.log_hyperparams({"cli": full})  # the whole parsed config, under config.cli
+def __getattr__(name: str) -> Any:  # E2ABLCLI without importing Lightning at ``import e2abl_lightning.cli``
+    if name == "E2ABLCLI":
+        from e2abl_lightning.cli_app import E2ABLCLI
+
+        return E2ABLCLI
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_checkpoint(path: Any) -> None:
-    """Raise one clear error for a ``ckpt_path`` that is missing or not a checkpoint (a PyTorch zip file).
+    """Raise one clear error for a ``ckpt_path`` that is missing, a folder, or not a checkpoint.
 
     Without it, a corrupted file fails deep inside ``torch.load`` with advice to load it with
     ``weights_only=False``, which would run any pickled code in it. ``"last"``/``"best"``/``"hpc"``
@@ -64,6 +74,13 @@ def check_checkpoint(path: Any) -> None:
     if path is None or str(path) in ("last", "best", "hpc", "registry") or "://" in str(path):
         return
     file = Path(str(path)).expanduser()
+    if file.is_dir():
+        near = [file / "last.ckpt", file / "checkpoints" / "last.ckpt", *sorted(file.glob("*/checkpoints/last.ckpt"))]
+        found = [p for p in near if p.is_file()] or sorted(file.glob("*.ckpt"))
+        hint = f", e.g. {found[0]}" if found else ""
+        raise IsADirectoryError(
+            f"ckpt_path={str(path)!r} is a directory, not a checkpoint file; pass a .ckpt file in it{hint}"
+        )
     if not file.is_file():
         raise FileNotFoundError(f"ckpt_path={str(path)!r} does not exist; pass the last.ckpt of an earlier run")
     if not zipfile.is_zipfile(file):
@@ -73,54 +90,115 @@ def check_checkpoint(path: Any) -> None:
         )
 
 
-def _class_name(entry: Any) -> str:
-    path = entry.get("class_path", "") if hasattr(entry, "get") else ""
-    return str(path).rsplit(".", 1)[-1]
+# ---- one line for the user ----------------------------------------------------------------------
+_NOISE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "Given value type:",
+    "Given value:",
+    "Expected a <class 'NoneType'>",
+    "tip:",
+)
 
 
-def _name_wandb_loggers(config: Any) -> None:
-    """Give each WandbLogger without a run name ``<Model>-<dataset>-<Trigger>``, and those three as tags."""
-    trainer = config.get("trainer")
-    loggers = trainer.get("logger") if trainer is not None else None
-    entries = loggers if isinstance(loggers, list) else [loggers]
-    entries = [e for e in entries if _class_name(e) == "WandbLogger"]
-    if not entries:
-        return
-    data_args = config.get("data.init_args") or {}
-    dataset = data_args.get("dataset") or _class_name(config.get("data") or {}).removesuffix("DataModule")
-    parts = [_class_name(config.get("model") or {}), str(dataset or ""), _class_name(data_args.get("trigger") or {})]
-    parts = [p for p in parts if p]
-    for entry in entries:
-        args = entry.get("init_args")
-        if args is None:
+def condense(message: str, subcommand: str | None = None) -> str:
+    """jsonargparse's nested, multi-line parse error as one sentence: the key, the real problem."""
+    keys: list[str] = []
+    facts: list[str] = []
+    owner = ""
+    for line in message.splitlines():
+        text = line.strip().removeprefix("- ").strip()
+        if not text or text.startswith(_NOISE):
             continue
-        if not args.get("name") or args.get("name") == "lightning_logs":  # CSVLogger's default, carried over
-            args.name = "-".join(parts) or None
-        args.tags = list(dict.fromkeys([*(args.get("tags") or []), *parts]))
+        match = re.fullmatch(r'Parser key "([^"]+)":?\s*(.*)', text)
+        if match:
+            keys.append(match[1])
+            text = match[2].strip()
+            if not text:
+                continue
+        match = re.fullmatch(r"Problem with given class_path '([^']+)':?\s*(.*)", text)
+        if match:
+            owner = match[1].rsplit(".", 1)[-1]
+            text = match[2].strip()
+            if not text:
+                continue
+        facts.append(text)
+    facts = [re.sub(r"<class '([\w.]+)'>", lambda m: m[1].rsplit(".", 1)[-1], f) for f in dict.fromkeys(facts)]
+    sentence = "; ".join(facts) or message.strip().splitlines()[0]
+    if subcommand and sentence.startswith("unrecognized arguments:"):
+        sentence = sentence.replace(f"unrecognized arguments: {subcommand} ", "unrecognized arguments: ", 1)
+    keys = [k for k in keys if k]
+    key = ".".join([keys[0], "init_args", *keys[1:]] if owner and len(keys) > 1 else keys)
+    where = f"{key} ({owner})" if key and owner else key or owner
+    prefix = f"{where}: " if where else ""
+    command = f"e2abl {subcommand} --help" if subcommand else "e2abl --help"
+    return f"{prefix}{sentence} (see `{command}` for the accepted options)"
 
 
-def make_cli(args: ArgsType = None, run: bool = True) -> E2ABLCLI:
-    """Build (and by default run) the CLI; ``args`` as a list or dict runs it from Python."""
-    return E2ABLCLI(
-        BackdoorClassifier,
-        BackdoorDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}},
-        },
-        args=args,
-        run=run,
-    )
+def root_cause(err: BaseException) -> BaseException:
+    """The exception a constructor or loader raised, out of jsonargparse's wrappers around it."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = traceback.extract_tb(current.__traceback__)
+        if frames and "jsonargparse" not in Path(frames[-1].filename).parts:
+            return current
+        current = current.__cause__ or current.__context__
+    return err
 
 
-def main(args: ArgsType = None) -> None:
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
+def user_message(err: BaseException, subcommand: str | None = None) -> str | None:
+    """One line for an error the user can fix, or None for a bug (which keeps its traceback)."""
+    import argparse
+
+    if isinstance(err, argparse.ArgumentError):
+        return condense(str(err), subcommand)
+    cause = root_cause(err)
+    if cause is err and "Does not validate against any of the Union subtypes" in str(err):
+        return condense(str(err), subcommand)
+    if type(cause).__name__ == "MisconfigurationException":
+        return " ".join(str(cause).split())
+    if not isinstance(cause, USER_ERRORS):
+        return None
+    text = " ".join(str(cause).split())
+    if isinstance(cause, FileNotFoundError) and cause.filename and str(cause.filename) not in text:
+        text = f"{text}: {cause.filename}"
+    return text or type(cause).__name__
+
+
+def _subcommand(argv: list[str]) -> str | None:
+    return next((a for a in argv if a in SUBCOMMANDS), None)
+
+
+def main(args: list[str] | None = None) -> None:
     """Entry point of the ``e2abl`` console script."""
-    make_cli(args)
-    end_process_group()
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in argv or os.environ.get("E2ABL_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if argv in (["-h"], ["--help"]):
+        print(HELP, end="")
+        return
+    if not argv:
+        print("usage: e2abl [-h] [--debug] {fit,validate,test,predict} ...", file=sys.stderr)
+        print("e2abl: error: choose a subcommand: fit, validate, test or predict (`e2abl --help`)", file=sys.stderr)
+        raise SystemExit(2)
+    saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads ``argv`` only
+    try:
+        make_cli(argv, exit_on_error=False)
+        end_process_group()
+    except Exception as err:
+        message = None if debug else user_message(err, _subcommand(argv))
+        if message is None:
+            raise
+        print(f"e2abl: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        sys.argv = saved
 
 
 def end_process_group() -> None:
@@ -129,6 +207,8 @@ def end_process_group() -> None:
     Lightning leaves the group open; gloo's threads can then abort the interpreter at exit
     ("terminate called without an active exception", exit code -6) after a successful run.
     """
+    if "torch" not in sys.modules:
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

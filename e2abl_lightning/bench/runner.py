@@ -343,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
         assert 0 <= shard < shards
     except (ValueError, AssertionError):
         parser.error(f"--shard={args.shard!r} must be I/N with 0 <= I < N, e.g. 0/2")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {str(args.out)!r} is a file; give a folder for the results (created if missing)")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     import lightning.pytorch  # noqa: F401  (configures its loggers on import; quiet them afterwards)

@@ -13,6 +13,10 @@ setup: a few minutes on a CPU the first time, then they load from ``--cache-dir`
 from __future__ import annotations
 
 import argparse
+import functools
+import os
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -36,6 +40,14 @@ from e2abl_lightning.data.triggers import (
     Trojan,
     WaNet,
 )
+
+#: Attacks whose setup trains a network (minutes on a CPU the first time, then loaded from the cache).
+TRAINED = {
+    "LabelConsistent": "training the label-consistent attack's surrogate classifier and its adversarial "
+    "perturbations (minutes on a CPU the first time, cached after)",
+    "InputAware": "training the input-aware attack's pattern and mask generators (minutes on a CPU the first "
+    "time, cached after)",
+}
 
 #: Gallery name -> loader ``(root, download) -> ImageSplits``.
 DATASETS: dict[str, Callable[[str, bool], ImageSplits]] = {
@@ -71,6 +83,7 @@ def poisoned_examples(
     index: int = 0,
     seed: int = 0,
     cache_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[tuple[str, Tensor, Tensor]]:
     """``(name, clean [C, H, W], poisoned [C, H, W])`` for every attack.
 
@@ -82,12 +95,18 @@ def poisoned_examples(
             training image for clean-label attacks).
         seed: the poison seed.
         cache_dir: cache for trained triggers.
+        progress: called with one line per attack as it is set up (the trained ones take minutes).
     """
     non_target = torch.nonzero(data.y_test != target_label).flatten()
     target_train = torch.nonzero(data.y_train == target_label).flatten()
     rows = []
-    for name, trigger in attacks.items():
+    for number, (name, trigger) in enumerate(attacks.items(), start=1):
+        start = time.perf_counter()
+        if progress is not None and trigger.__class__.__name__ in TRAINED:
+            progress(f"[{number}/{len(attacks)}] {name}: {TRAINED[trigger.__class__.__name__]}")
         trigger.setup(data.x_train, data.y_train, target_label, torch.Generator().manual_seed(seed), cache_dir)
+        if progress is not None:
+            progress(f"[{number}/{len(attacks)}] {name} ready ({time.perf_counter() - start:.1f} s)")
         pool, idx = (data.x_train, target_train) if trigger.clean_label else (data.x_test, non_target)
         clean = pool[idx[index % idx.numel()]][None]  # [1, C, H, W]
         poisoned = trigger.apply(clean, torch.Generator().manual_seed(seed + 1))
@@ -142,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="poison seed")
     parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/e2abl/triggers").expanduser())
     parser.add_argument("--attacks", nargs="*", default=None, help="subset of attack names (default: all)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     attacks = default_attacks()
     if args.attacks:
@@ -149,12 +169,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         if unknown:
             parser.error(f"unknown attacks {unknown}; choose from {sorted(attacks)}")
         attacks = {name: attacks[name] for name in args.attacks}
-    data = DATASETS[args.dataset](args.root, args.download)
-    if not 0 <= args.target_label < len(data.classes):
-        parser.error(f"--target-label {args.target_label} is outside 0..{len(data.classes) - 1}")
-    rows = poisoned_examples(data, attacks, args.target_label, args.index, args.seed, args.cache_dir)
     out = args.out or Path(f"gallery_{args.dataset}.png")
-    write_gallery(rows, out, f"{args.dataset}: target class {data.classes[args.target_label]!r}")
+    if out.is_dir() or out.suffix.lower() != ".png":
+        parser.error(f"--out {str(out)!r} must be a .png file path, e.g. gallery_{args.dataset}.png")
+    if args.index < 0:
+        parser.error(f"--index {args.index} must be >= 0 (which eligible image to show)")
+    try:
+        data = DATASETS[args.dataset](args.root, args.download)
+        if not 0 <= args.target_label < len(data.classes):
+            parser.error(f"--target-label {args.target_label} is outside 0..{len(data.classes) - 1}")
+        progress = functools.partial(print, file=sys.stderr, flush=True)
+        rows = poisoned_examples(data, attacks, args.target_label, args.index, args.seed, args.cache_dir, progress)
+        write_gallery(rows, out, f"{args.dataset}: target class {data.classes[args.target_label]!r}")
+    except (ValueError, OSError) as err:
+        if args.debug or os.environ.get("E2ABL_DEBUG", "") not in ("", "0"):
+            raise
+        message = " ".join(str(err).split()).replace("set download=True", "pass --download")
+        print(f"e2abl-gallery: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(out)
 
 

@@ -122,6 +122,7 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
         self.drop_last = drop_last
         self.train_size = train_size
         self._raw: RawData | None = None
+        self._checksum: str | None = None
         self.train_set: PoisonedDataset | None = None
         self.negative_indices: Tensor | None = None  # label-kept negatives of the trigger (after setup)
 
@@ -256,22 +257,57 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
             "poison_indices": self.poison_indices.tolist(),
             "num_negative": len(self.negative_indices),
             "negative_indices": self.negative_indices.tolist(),
-            "train_checksum": self.train_set.checksum(),
+            "train_checksum": self.fingerprint()["train_checksum"],
         }
 
     # ---- loaders ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Checkpointed with the run: the global torch RNG state at the checkpoint.
+        """Checkpointed with the run: the global torch RNG state and the training set's fingerprint.
 
         The training loader draws its shuffle seed from the global RNG when an epoch starts, and
         Lightning does not checkpoint that RNG; restoring it in :meth:`load_state_dict` (before the
         first resumed epoch's loader is iterated) gives a resumed run the uninterrupted run's order.
+        The fingerprint lets a resumed fit refuse another poisoned training set.
         """
-        return {"torch_rng_state": torch.get_rng_state()}
+        state: dict[str, Any] = {"torch_rng_state": torch.get_rng_state()}
+        if self.train_set is not None:
+            state["fingerprint"] = self.fingerprint()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "torch_rng_state" in state_dict:
             torch.set_rng_state(state_dict["torch_rng_state"])
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed fit must train on: the dataset, the poisoning and the training set's checksum."""
+        self.setup("fit")
+        assert self.train_set is not None
+        if self._checksum is None:
+            self._checksum = self.train_set.checksum()
+        return {
+            "dataset": self.raw.name,
+            "poison_seed": self.poison_seed,
+            "poison_rate": self.poison_rate,
+            "target_label": self.target_label,
+            "num_train": len(self.train_set),
+            "train_checksum": self._checksum,
+        }
+
+    def check_resume_state(self, state_dict: dict[str, Any], source: str = "the checkpoint") -> None:
+        """Refuse to resume a fit on another poisoned training set than the checkpoint's (one line)."""
+        saved = state_dict.get("fingerprint")
+        if not isinstance(saved, dict):
+            return  # a checkpoint from before fingerprints: nothing to compare
+        now = self.fingerprint()
+        settings = [k for k in now if k != "train_checksum"]
+        diffs = [f"{k}={saved.get(k)!r} there, {now[k]!r} now" for k in settings if saved.get(k) != now[k]]
+        if not diffs and saved.get("train_checksum") != now["train_checksum"]:
+            diffs = ["the same settings but other training data (another file, split or trigger)"]
+        if diffs:
+            raise ValueError(
+                f"{source} was trained on another poisoned training set ({'; '.join(diffs)}): resume with that run's "
+                "data settings (its config.yaml), or start a new fit without ckpt_path"
+            )
 
     def _loader(self, dataset: PoisonedDataset, train: bool) -> DataLoader:
         batch = self.batch_size if train else self.eval_batch_size
