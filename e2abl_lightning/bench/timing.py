@@ -1,40 +1,152 @@
-"""``python -m e2abl_lightning.bench.timing``: E2ABL's training time relative to undefended training.
+"""``python -m e2abl_lightning.bench.timing``: E2ABL's training cost relative to undefended training.
 
-Runs the undefended and the E2ABL cell of each setting alternately (same configs, seeds and epochs
-as the suite), so both see the same machine load, and prints the fit-time ratio per repetition.
+The benchmark of record for speed. For each setting (OSULeaf and JapaneseVowels with the FCN, a
+20,000-image Fashion-MNIST subset with the small CNN; every fit at 32-true so the numbers mean the same
+on any CPU) it fits the undefended and the E2ABL cell of the suite in pairs, swapping their order
+every repetition so both see the same machine load. Every fit runs in a fresh subprocess, so its peak
+RSS is its own. Prints per setting the fit-time ratio (mean, and the spread over repetitions) and the
+peak RSS of both.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from e2abl_lightning.bench.runner import load_suite, run_cell
+#: setting -> (suite, data config stem): the suites' undefended and E2ABL cells, seed 0
+SETTINGS = {
+    "osuleaf": ("ucr", "osuleaf_static"),
+    "japanesevowels": ("ucr", "japanesevowels_static"),
+    "fashionmnist": ("fashionmnist_cpu", "fashionmnist_badnets"),
+}
+DEFENSES = ("no_defense", "e2abl")
+PRECISION = "32-true"
+_MARK = "TIMING-RESULT "
+
+#: ``(setting, defense, epochs) -> {"fit_seconds": s, "peak_rss_mib": m}``
+Measure = Callable[[str, str, int | None], dict[str, float]]
+
+
+def fit_once(setting: str, defense: str, epochs: int | None, out: Path) -> dict[str, float]:
+    """Fit one cell in this process (no test); returns its fit seconds and this process's peak RSS."""
+    import logging
+    import warnings
+
+    from e2abl_lightning.bench.runner import load_suite
+    from e2abl_lightning.cli import make_cli
+
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    suite, data = SETTINGS[setting]
+    cell = next(
+        c
+        for c in load_suite(suite, precision=PRECISION)
+        if c.data.stem == data and c.defense == defense and c.seed == 0
+    )
+    args = [
+        *("--config", str(cell.trainer), "--config", str(cell.data), "--config", str(cell.model)),
+        *cell.args,
+        f"--seed_everything={cell.seed}",
+        f"--data.init_args.poison_seed={cell.seed}",
+        f"--data.init_args.split_seed={cell.seed}",
+        f"--trainer.max_epochs={epochs or cell.max_epochs}",
+        f"--trainer.logger.init_args.save_dir={out}",
+        "--gallery.enabled=false",  # media off, as in the benchmark's cells
+        "--isolation_monitor.enabled=false",
+    ]
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI parses ``args`` only
+    try:
+        cli = make_cli(args, run=False)
+    finally:
+        sys.argv = argv
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"fit_seconds": seconds, "peak_rss_mib": peak, "epochs": float(epochs or cell.max_epochs)}
+
+
+def measure_in_subprocess(setting: str, defense: str, epochs: int | None) -> dict[str, float]:
+    """:func:`fit_once` in a fresh interpreter, so that the peak RSS is this fit's alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "e2abl_lightning.bench.timing", "--one-fit", setting, defense, str(epochs or 0)]
+        proc = subprocess.run(
+            [*cmd, "--out", tmp], capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+        )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(_MARK)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"the {defense} fit of {setting} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads(lines[-1][len(_MARK) :])
+
+
+def _spread(values: list[float], digits: int) -> str:
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def run(settings: list[str], repeats: int, epochs: int | None, measure: Measure, echo: Callable[[str], None]) -> str:
+    """Time every setting ``repeats`` times (undefended and E2ABL in pairs, order swapped every
+    repetition); returns the Markdown table."""
+    lines = [
+        "| setting | epochs | undefended fit s | E2ABL fit s | time ratio (runs) | undefended peak RSS MiB "
+        "| E2ABL peak RSS MiB | RSS ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for setting in settings:
+        runs: dict[str, list[dict[str, float]]] = {d: [] for d in DEFENSES}
+        for r in range(repeats):
+            for defense in DEFENSES if r % 2 == 0 else DEFENSES[::-1]:
+                result = measure(setting, defense, epochs)
+                runs[defense].append(result)
+                echo(
+                    f"{setting} {defense} run {r + 1}: {result['fit_seconds']:.1f} s, {result['peak_rss_mib']:.0f} MiB"
+                )
+        base, ours = runs["no_defense"], runs["e2abl"]
+        ratios = [e["fit_seconds"] / b["fit_seconds"] for b, e in zip(base, ours, strict=True)]
+        rss = [e["peak_rss_mib"] / b["peak_rss_mib"] for b, e in zip(base, ours, strict=True)]
+        lines.append(
+            f"| {setting} | {int(base[0]['epochs'])} | {_spread([b['fit_seconds'] for b in base], 1)} "
+            f"| {_spread([e['fit_seconds'] for e in ours], 1)} "
+            f"| {statistics.fmean(ratios):.2f} ({', '.join(f'{v:.2f}' for v in ratios)}) "
+            f"| {_spread([b['peak_rss_mib'] for b in base], 0)} | {_spread([e['peak_rss_mib'] for e in ours], 0)} "
+            f"| {statistics.fmean(rss):.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m e2abl_lightning.bench.timing", description=__doc__)
-    parser.add_argument("--suite", default="ucr", help="suite whose no_defense and e2abl cells are timed")
-    parser.add_argument("--settings", nargs="+", default=["osuleaf_static", "japanesevowels_static"])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--repeats", type=int, default=3, help="pairs of fits per setting")
+    parser.add_argument("--epochs", type=int, help="epochs per fit (default: the suite's, 40 series / 6 images)")
+    parser.add_argument("--one-fit", nargs=3, metavar=("SETTING", "DEFENSE", "EPOCHS"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    cells = {(c.setting, c.defense): c for c in load_suite(args.suite) if c.seed == 0}
-    print("| setting | undefended fit s | E2ABL fit s | ratio |\n|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
-        for setting in args.settings:
-            ratios, base, ours = [], [], []
-            for _ in range(args.repeats):
-                b = run_cell(cells[(setting, "no_defense")], Path(tmp))["fit_seconds"]
-                e = run_cell(cells[(setting, "e2abl")], Path(tmp))["fit_seconds"]
-                base.append(b)
-                ours.append(e)
-                ratios.append(e / b)
-            print(
-                f"| {setting} | {statistics.fmean(base):.1f} | {statistics.fmean(ours):.1f} "
-                f"| {statistics.fmean(ratios):.2f} (runs: {', '.join(f'{r:.2f}' for r in ratios)}) |"
-            )
+    if args.one_fit:  # the subprocess of one measured fit
+        setting, defense, epochs = args.one_fit
+        print(_MARK + json.dumps(fit_once(setting, defense, int(epochs) or None, args.out)), flush=True)
+        return
+    if args.repeats < 1 or (args.epochs is not None and args.epochs < 1):
+        parser.error(f"--repeats={args.repeats} and --epochs={args.epochs} must be at least 1")
+    import torch
+
+    print(
+        f"precision {PRECISION}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; each fit in its own process"
+    )
+    table = run(args.settings, args.repeats, args.epochs, measure_in_subprocess, lambda s: print(s, flush=True))
+    print(table)
 
 
 if __name__ == "__main__":

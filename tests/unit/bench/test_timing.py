@@ -1,0 +1,70 @@
+"""The timing command's mechanics: paired fits in swapped order, ratios and RSS per setting, the
+subprocess protocol; no wall-clock assertion."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from e2abl_lightning.bench import timing
+
+
+def test_run_pairs_the_fits_in_swapped_order_and_reports_ratios() -> None:
+    calls = []
+    fake = {"no_defense": (10.0, 100.0), "e2abl": (11.0, 110.0)}
+
+    def measure(setting: str, defense: str, epochs: int | None) -> dict[str, float]:
+        calls.append((setting, defense, epochs))
+        seconds, rss = fake[defense]
+        return {"fit_seconds": seconds * (1 + len(calls) / 100), "peak_rss_mib": rss, "epochs": 2.0}
+
+    table = timing.run(["japanesevowels", "osuleaf"], 3, 2, measure, lambda line: None)
+    assert [d for _, d, _ in calls[:6]] == ["no_defense", "e2abl", "e2abl", "no_defense", "no_defense", "e2abl"]
+    assert [s for s, _, _ in calls] == ["japanesevowels"] * 6 + ["osuleaf"] * 6
+    assert {e for _, _, e in calls} == {2}
+    rows = table.splitlines()[2:]
+    assert len(rows) == 2 and rows[0].startswith("| japanesevowels | 2 |")
+    # each repetition's ratio from its own pair: 11 * 1.02 / (10 * 1.01), then 11 * 1.03 / (10 * 1.04), ...
+    assert "| 1.10 (1.11, 1.09, 1.11) |" in rows[0]
+    assert rows[0].endswith("| 100 ± 0 | 110 ± 0 | 1.10 |")
+
+
+def test_measure_in_subprocess_reads_the_child_result_and_reports_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = {"fit_seconds": 1.5, "peak_rss_mib": 900.0, "epochs": 1.0}
+    commands = []
+
+    def fake_run(cmd: list[str], **kwargs: object) -> SimpleNamespace:
+        commands.append(cmd)
+        return SimpleNamespace(returncode=0, stdout=f"noise\n{timing._MARK}{json.dumps(result)}\n", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert timing.measure_in_subprocess("osuleaf", "e2abl", 1) == result
+    assert commands[0][1:7] == ["-m", "e2abl_lightning.bench.timing", "--one-fit", "osuleaf", "e2abl", "1"]
+
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: SimpleNamespace(returncode=1, stdout="", stderr="boom"))
+    with pytest.raises(RuntimeError, match="e2abl fit of osuleaf failed:\nboom"):
+        timing.measure_in_subprocess("osuleaf", "e2abl", 1)
+
+
+def test_child_prints_one_marked_result(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    seen = []
+
+    def fake_fit(setting: str, defense: str, epochs: int | None, out: object) -> dict[str, float]:
+        seen.append((setting, defense, epochs))
+        return {"fit_seconds": 2.0, "peak_rss_mib": 800.0, "epochs": 40.0}
+
+    monkeypatch.setattr(timing, "fit_once", fake_fit)
+    timing.main(["--one-fit", "fashionmnist", "no_defense", "0", "--out", "x"])
+    assert seen == [("fashionmnist", "no_defense", None)]  # 0: the suite's epochs
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(line.removeprefix(timing._MARK))["fit_seconds"] == 2.0
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        timing.main(["--repeats", "0"])
+    with pytest.raises(SystemExit):
+        timing.main(["--settings", "cifar10"])
