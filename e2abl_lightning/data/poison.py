@@ -23,6 +23,12 @@ ORACLE_KEYS = ("poisoned", "original_target")
 
 def check_poison_args(rate: float, target_label: int, mode: str, num_classes: int | None) -> None:
     """Raise a clear ValueError for an invalid poisoning setting."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise TypeError(f"poison_rate={rate!r} must be a number, e.g. 0.1, not {type(rate).__name__}")
+    if isinstance(target_label, bool) or not isinstance(target_label, int):
+        raise TypeError(
+            f"target_label={target_label!r} must be an integer class label, not {type(target_label).__name__}"
+        )
     if not 0.0 < rate < 1.0:
         raise ValueError(f"poison_rate={rate} must be strictly between 0 and 1 (e.g. 0.1 for 10%)")
     if mode not in ATTACK_MODES:
@@ -30,6 +36,38 @@ def check_poison_args(rate: float, target_label: int, mode: str, num_classes: in
     if num_classes is not None and not 0 <= target_label < num_classes:
         raise ValueError(
             f"target_label={target_label} is outside the {num_classes} classes; choose a label in 0..{num_classes - 1}"
+        )
+
+
+def check_training_batch(batch: object, num_classes: int) -> None:
+    """One clear error for a training batch that breaks the batch contract (run on a fit's first batch).
+
+    A user's own Dataset may yield tuples, lack ``index``, carry one-hot/float targets or labels
+    outside ``0..num_classes-1``; without this check each fails as a raw torch error mid-step.
+    """
+    if not isinstance(batch, dict):
+        raise TypeError(
+            f"a training batch is a {type(batch).__name__}; E2ABL needs dicts with 'input', 'target' and 'index' "
+            "(serve items as e2abl_lightning.data.poison.PoisonedDataset does)"
+        )
+    missing = [k for k in ("input", "target", "index") if k not in batch]
+    if missing:
+        raise ValueError(
+            f"the training batch lacks {missing} (it has {sorted(batch)}); E2ABL needs 'input', 'target' and "
+            "'index' (each sample's position 0..N-1 in the training set), as PoisonedDataset serves them"
+        )
+    target = batch["target"]
+    if not isinstance(target, Tensor) or target.is_floating_point() or target.dtype == torch.bool or target.ndim != 1:
+        what = f"{target.dtype} of shape {tuple(target.shape)}" if isinstance(target, Tensor) else type(target).__name__
+        raise TypeError(
+            f"batch['target'] holds {what}; E2ABL needs integer class labels 0..{num_classes - 1}, one per sample "
+            "(not one-hot or float targets)"
+        )
+    low, high = int(target.min()), int(target.max())
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"batch['target'] holds label {high if high >= num_classes else low}, outside the model's {num_classes} "
+            f"classes (0..{num_classes - 1}); set num_classes to the number of classes or encode labels as 0..K-1"
         )
 
 
@@ -167,6 +205,9 @@ class PoisonedDataset(Dataset):
         self.original_targets = original_targets.long()
         self.poisoned = poisoned.bool()
         self.transform = transform
+        # set by the datamodule: each sample's position in the source training split, and where it comes from
+        self.source_index: Tensor | None = None
+        self.sources: list[str] | None = None
 
     @classmethod
     def build(

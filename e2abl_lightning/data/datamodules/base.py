@@ -36,6 +36,9 @@ class RawData:
     classes: list[str]
     name: str
     source: str
+    train_sources: list[str] | None = (
+        None  # each training sample's origin (file line, image path); None: "<name> train[i]"
+    )
 
 
 def stratified_split(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -98,6 +101,28 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
         train_size: int | None = None,
     ) -> None:
         super().__init__()
+        for arg, value in (("poison_rate", poison_rate), ("val_fraction", val_fraction)):
+            _check_type(arg, value, (int, float), "a number, e.g. 0.1")
+        for arg, value in (
+            ("target_label", target_label),
+            ("poison_seed", poison_seed),
+            ("split_seed", split_seed),
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("num_workers", num_workers),
+        ):
+            _check_type(arg, value, (int,), "an integer")
+        if train_size is not None:
+            _check_type("train_size", train_size, (int,), "an integer or None")
+        for arg, value in (
+            ("exclude_target", exclude_target),
+            ("clean_oracle", clean_oracle),
+            ("drop_last", drop_last),
+        ):
+            if not isinstance(value, bool):
+                raise TypeError(f"{arg}={value!r} must be True or False, got {type(value).__name__}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers} must be >= 0 (0 loads in the main process)")
         check_poison_args(poison_rate, target_label, attack_mode, None)
         if not 0.0 <= val_fraction < 0.5:
             raise ValueError(f"val_fraction={val_fraction} must be in [0, 0.5)")
@@ -151,6 +176,16 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
             for split, x in (("train", raw.x_train), ("test", raw.x_test)):
                 if not torch.isfinite(x).all():
                     raise ValueError(f"{raw.name}: the {split} split holds NaN or inf values; clean the data first")
+            present = torch.unique(raw.y_train).numel()
+            if len(raw.classes) < 2 or present < 2:
+                raise ValueError(
+                    f"{raw.name}: the training split holds {present} class(es) ({', '.join(map(str, raw.classes))}); "
+                    "a classifier needs at least 2: give data with two or more labels"
+                )
+            if raw.train_sources is not None and len(raw.train_sources) != raw.y_train.numel():
+                raise ValueError(
+                    f"{raw.name}: {len(raw.train_sources)} train_sources for {raw.y_train.numel()} samples"
+                )
             check_poison_args(self.poison_rate, self.target_label, self.attack_mode, len(raw.classes))
             self._raw = raw
         return self._raw
@@ -175,9 +210,10 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
             return
         raw = self.raw
         k = self.num_classes
+        src = torch.arange(raw.y_train.numel())  # each training sample's position in the source training split
         if self.val_fraction > 0:
             tr_idx, val_idx = stratified_split(raw.y_train, self.val_fraction, self.split_seed)
-            x_tr, y_tr = raw.x_train[tr_idx], raw.y_train[tr_idx]
+            x_tr, y_tr, src = raw.x_train[tr_idx], raw.y_train[tr_idx], src[tr_idx]
             x_val, y_val = raw.x_train[val_idx], raw.y_train[val_idx]
         else:
             x_tr, y_tr, x_val, y_val = raw.x_train, raw.y_train, raw.x_test, raw.y_test
@@ -188,7 +224,7 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
                     "lower it, or set None to train on all of them"
                 )
             keep, _ = stratified_split(y_tr, 1.0 - self.train_size / y_tr.numel(), self.split_seed + 1)
-            x_tr, y_tr = x_tr[keep], y_tr[keep]
+            x_tr, y_tr, src = x_tr[keep], y_tr[keep], src[keep]
         self.poison_indices = select_poison_indices(
             y_tr, self.poison_rate, self.target_label, self.attack_mode, self.exclude_target, self.poison_seed
         )
@@ -219,6 +255,9 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
                 train.poisoned[keep],
                 train.transform,
             )
+            src = src[keep]
+        train.source_index = src
+        train.sources = [raw.train_sources[i] if raw.train_sources else f"{raw.name} train[{i}]" for i in src.tolist()]
         self.train_set = train
         eval_tf = self.eval_transform()
 
@@ -258,6 +297,12 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
             "num_negative": len(self.negative_indices),
             "negative_indices": self.negative_indices.tolist(),
             "train_checksum": self.fingerprint()["train_checksum"],
+            # split position i (the ``index`` of suspects.csv and the state bank) -> position in the source
+            # training split (UCR file row, torchvision index, image folder order); see train_sources
+            "source_indices": self.train_set.source_index.tolist(),
+            "poison_source_indices": self.train_set.source_index[self.poison_indices].tolist()
+            if not self.clean_oracle
+            else [],
         }
 
     # ---- loaders ---------------------------------------------------------------------------------
@@ -332,3 +377,9 @@ class BackdoorDataModule(L.LightningDataModule, abc.ABC):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_sets[0], train=False)
+
+
+def _check_type(name: str, value: Any, types: tuple[type, ...], what: str) -> None:
+    """A TypeError naming the argument (a string from a config, ``poison_rate="0.1"``, fails here, not deep inside)."""
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise TypeError(f"{name}={value!r} must be {what}, not {type(value).__name__}")

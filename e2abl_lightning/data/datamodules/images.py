@@ -351,7 +351,8 @@ class ImageFolderDataModule(ImageDataModule):
 
     def load_raw(self) -> RawData:
         s = load_image_folder(self.root, self.image_size, self.channels)
-        return RawData(s.x_train, s.y_train, s.x_test, s.y_test, s.classes, Path(self.root).name, s.source)
+        name = Path(self.root).name
+        return RawData(s.x_train, s.y_train, s.x_test, s.y_test, s.classes, name, s.source, s.train_sources)
 
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         x = self.raw.x_train  # [N, C, H, W]

@@ -74,4 +74,4 @@ class UCRDataModule(BackdoorDataModule):
 
     def load_raw(self) -> RawData:
         s = load_ucr(self.dataset, self.data_dir, self.cache_dir_path, self.download)
-        return RawData(s.x_train, s.y_train, s.x_test, s.y_test, s.classes, self.dataset, s.source)
+        return RawData(s.x_train, s.y_train, s.x_test, s.y_test, s.classes, self.dataset, s.source, s.train_sources)

@@ -52,6 +52,7 @@ class ImageSplits:
     y_test: Tensor
     classes: list[str]
     source: str
+    train_sources: list[str] | None = None  # image folders: each training image's path
 
 
 def _uint8_to_float(data: np.ndarray | Tensor) -> Tensor:
@@ -192,17 +193,25 @@ def load_mnist_subset(test_fraction: float = 0.2, seed: int = 0) -> ImageSplits:
     return ImageSplits(x[mask], y[mask], x[test_idx], y[test_idx], classes, source)
 
 
-def _read_folder(folder: Path, classes: list[str], size: tuple[int, int], mode: str) -> tuple[Tensor, Tensor]:
-    from PIL import Image
+def _read_folder(
+    folder: Path, classes: list[str], size: tuple[int, int], mode: str, paths: list[str] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Images and labels of ``folder/<class>/*`` (sorted); each image's path is appended to ``paths``."""
+    from PIL import Image, UnidentifiedImageError
 
     images, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         for path in files:
-            with Image.open(path) as img:
-                arr = np.asarray(img.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+            try:
+                with Image.open(path) as img:
+                    arr = np.asarray(img.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+            except (UnidentifiedImageError, OSError) as err:
+                raise ValueError(f"{path} cannot be read as an image ({err}); remove or replace it") from None
             images.append(torch.from_numpy(arr.copy()))
             labels.append(label)
+            if paths is not None:
+                paths.append(str(path))
     if not images:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}/<class>/")
     return _uint8_to_float(torch.stack(images).numpy()), torch.tensor(labels, dtype=torch.long)
@@ -229,10 +238,11 @@ def load_image_folder(root: str | Path, image_size: tuple[int, int], channels: L
     if not set(test_classes) <= set(classes):
         raise ValueError(f"test classes {sorted(set(test_classes) - set(classes))} have no training folder in {root}")
     mode = "L" if channels == 1 else "RGB"
-    x_tr, y_tr = _read_folder(root / "train", classes, image_size, mode)
+    paths: list[str] = []
+    x_tr, y_tr = _read_folder(root / "train", classes, image_size, mode, paths)
     present = [c if c in test_classes else None for c in classes]
     x_te, y_te = _read_folder_subset(root / "test", present, image_size, mode)
-    return ImageSplits(x_tr, y_tr, x_te, y_te, classes, f"image folder {root}")
+    return ImageSplits(x_tr, y_tr, x_te, y_te, classes, f"image folder {root}", train_sources=paths)
 
 
 def _read_folder_subset(

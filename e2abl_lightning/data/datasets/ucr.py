@@ -13,6 +13,8 @@ Offline with no copy anywhere: one error naming the dataset and how to provide i
 from __future__ import annotations
 
 import importlib.util
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ class SeriesSplits:
     y_test: Tensor  # [M] long
     classes: list[str]
     source: str
+    train_sources: list[str] | None = None  # where each training series comes from (file and line)
 
 
 def _package_dir(package: str) -> Path | None:
@@ -67,35 +70,99 @@ def bundled_names() -> list[str]:
     return sorted(names)
 
 
-def _read_ts(path: Path) -> tuple[list[list[np.ndarray]], list[str]]:
-    """Parse a sktime/UEA ``.ts`` file into per-sample channel lists and string labels."""
-    series, labels, in_data = [], [], False
-    for raw in path.read_text().splitlines():
+def _parse_values(path: Path, lineno: int, sample: int, channel: int, text: str, padded: bool) -> np.ndarray:
+    """One series' comma-free value strings as floats; NaN only as trailing padding where ``padded``."""
+    values = []
+    for position, token in enumerate(text, start=1):
+        try:
+            values.append(float("nan") if token == "?" else float(token))
+        except ValueError:
+            raise ValueError(
+                f"{path}: line {lineno} (sample {sample}), channel {channel}, value {position} is {token!r}, not a "
+                "number; fix or remove that row"
+            ) from None
+    array = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        length = len(array)
+        while length and np.isnan(array[length - 1]):
+            length -= 1  # trailing NaN: the UCR archive's padding of variable-length series
+        inner = np.nonzero(bad[:length])[0]
+        if inner.size or (length < len(array) and not padded):
+            position = int(inner[0]) + 1 if inner.size else length + 1
+            raise ValueError(
+                f"{path}: line {lineno} (sample {sample}), channel {channel}, value {position} is "
+                f"{text[position - 1]!r}: NaN/inf inside a series is not allowed (nothing is filled in or dropped); "
+                "clean that value, or pad only the end of a shorter series"
+            )
+        array = array[:length]
+    return array.astype(np.float32)
+
+
+def _read_ts(path: Path) -> tuple[list[list[np.ndarray]], list[str], list[int]]:
+    """Parse a sktime/UEA ``.ts`` file into per-sample channel lists, string labels and line numbers."""
+    series, labels, lines, in_data, padded = [], [], [], False, False
+    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if not in_data:
-            in_data = line.lower() == "@data"
+            lowered = line.lower()
+            in_data = lowered == "@data"
+            padded = padded or lowered.startswith("@equallength false") or lowered.startswith("@missing true")
             continue
         *dims, label = line.split(":")
-        series.append([np.array([float(v) for v in d.split(",") if v], dtype=np.float32) for d in dims])
+        if not dims:
+            raise ValueError(f"{path}: line {lineno} has no ':' before its label; a .ts row is values:label")
+        sample = len(series)
+        series.append(
+            [_parse_values(path, lineno, sample, c, [v for v in d.split(",") if v], padded) for c, d in enumerate(dims)]
+        )
         labels.append(label.strip())
-    return series, labels
+        lines.append(lineno)
+    return series, labels, lines
 
 
-def _read_table(path: Path) -> tuple[list[list[np.ndarray]], list[str]]:
-    """Parse a UCR ``.tsv``/``.txt`` table (label in the first column) into univariate series."""
-    delimiter = "\t" if path.suffix == ".tsv" else None
-    table = np.loadtxt(path, delimiter=delimiter, dtype=np.float64, ndmin=2)
-    labels = [f"{v:g}" for v in table[:, 0]]
-    series = [[row[1:][~np.isnan(row[1:])].astype(np.float32)] for row in table]
-    return series, labels
+def _read_table(path: Path) -> tuple[list[list[np.ndarray]], list[str], list[int]]:
+    """Parse a UCR ``.tsv``/``.txt`` table (label in the first column) into univariate series.
+
+    Every row must have as many values as the first; shorter series are padded with NaN at the end
+    (the UCR archive's format), which is removed here. Labels may be numbers or strings.
+    """
+    series, labels, lines, width = [], [], [], None
+    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+        tokens = [t for t in re.split(r"[\s,]+", raw.strip()) if t]
+        if not tokens:
+            continue
+        if width is None:
+            width = len(tokens)
+        elif len(tokens) != width:
+            raise ValueError(
+                f"{path}: line {lineno} has {len(tokens)} columns but line {lines[0]} has {width}; every row is "
+                "a label and the same number of values (pad shorter series with NaN at the end)"
+            )
+        sample = len(series)
+        series.append([_parse_values(path, lineno, sample, 0, tokens[1:], padded=True)])
+        label = tokens[0]
+        try:
+            label = f"{float(label):g}"
+        except ValueError:
+            pass
+        labels.append(label)
+        lines.append(lineno)
+    return series, labels, lines
 
 
-def _read_file(path: Path) -> tuple[list[list[np.ndarray]], list[str]]:
+def _read_file(path: Path) -> tuple[list[list[np.ndarray]], list[str], list[int]]:
     if not path.is_file():
         raise FileNotFoundError(f"UCR/UEA file {path} does not exist")
-    return _read_ts(path) if path.suffix == ".ts" else _read_table(path)
+    series, labels, lines = _read_ts(path) if path.suffix == ".ts" else _read_table(path)
+    if not series:
+        raise ValueError(f"{path} holds no series; give a file with one labelled series per row")
+    empty = next((i for i, s in enumerate(series) if any(len(c) == 0 for c in s)), None)
+    if empty is not None:
+        raise ValueError(f"{path}: line {lines[empty]} (sample {empty}) has no values; remove that row")
+    return series, labels, lines
 
 
 def znormalise(series: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
@@ -133,12 +200,33 @@ def _encode(train: list[str], test: list[str], name: str) -> tuple[Tensor, Tenso
 
 def splits_from_files(name: str, train_path: Path, test_path: Path, source: str) -> SeriesSplits:
     """Read, z-normalise, pad and label-encode a dataset's two files."""
-    s_train, l_train = _read_file(train_path)
-    s_test, l_test = _read_file(test_path)
+    s_train, l_train, rows = _read_file(train_path)
+    s_test, l_test, _ = _read_file(test_path)
+    for path, split in ((train_path, s_train), (test_path, s_test)):
+        channels = {len(s) for s in split}
+        if len(channels) != 1:
+            raise ValueError(f"{path}: series have different channel counts {sorted(channels)}; fix the file")
+    if len(s_train[0]) != len(s_test[0]):
+        raise ValueError(
+            f"{train_path} has {len(s_train[0])} channels but {test_path} has {len(s_test[0])}; give matching files"
+        )
     s_train, s_test = znormalise(s_train), znormalise(s_test)
-    length = max(len(c) for s in s_train + s_test for c in s)
+    train_len = max(len(c) for s in s_train for c in s)
+    test_len = max(len(c) for s in s_test for c in s)
+    uniform = all(len({len(c) for s in split for c in s}) == 1 for split in (s_train, s_test))
+    if uniform and train_len != test_len:  # variable-length data is padded anyway; equal-length splits should match
+        warnings.warn(
+            f"{name}: the TRAIN series are up to {train_len} steps long and the TEST series up to {test_len}; the "
+            f"shorter split is zero-padded at the end to {max(train_len, test_len)}",
+            UserWarning,
+            stacklevel=2,
+        )
+    length = max(train_len, test_len)
     y_train, y_test, classes = _encode(l_train, l_test, name)
-    return SeriesSplits(_stack(s_train, length), y_train, _stack(s_test, length), y_test, classes, source)
+    sources = [f"{train_path.name} line {r}" for r in rows]
+    return SeriesSplits(
+        _stack(s_train, length), y_train, _stack(s_test, length), y_test, classes, source, train_sources=sources
+    )
 
 
 def splits_from_arrays(
@@ -156,11 +244,18 @@ def splits_from_arrays(
 
 
 def _local_files(data_dir: Path, name: str) -> tuple[Path, Path] | None:
+    if data_dir.exists() and not data_dir.is_dir():
+        raise NotADirectoryError(
+            f"data_dir={str(data_dir)!r} is a file, not a folder; pass the folder holding {name}_TRAIN and {name}_TEST"
+        )
     for folder in (data_dir / name, data_dir):
         for ext in (".ts", ".tsv", ".txt"):
             train, test = folder / f"{name}_TRAIN{ext}", folder / f"{name}_TEST{ext}"
             if train.is_file() and test.is_file():
                 return train, test
+            if train.is_file() or test.is_file():
+                have, lack = (train, test.name) if train.is_file() else (test, train.name)
+                raise FileNotFoundError(f"{have} has no partner {lack} in {folder}; put both splits there")
     return None
 
 

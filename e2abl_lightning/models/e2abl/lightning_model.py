@@ -14,6 +14,7 @@ import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from e2abl_lightning.data.poison import check_training_batch
 from e2abl_lightning.models.backbones import BackboneFactory
 from e2abl_lightning.models.base import BackdoorClassifier
 from e2abl_lightning.models.e2abl.loss import lga, main_losses, shallow_losses, total_loss
@@ -230,6 +231,12 @@ class E2ABL(BackdoorClassifier):
     def on_train_epoch_start(self) -> None:
         self.state.reset_accumulators()
 
+    # ---- the user's data: the batch contract, checked on a fit's first batch only (no per-step sync) ----
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if not getattr(self, "_batch_checked", False):
+            check_training_batch(batch, self.num_classes)
+            self._batch_checked = True
+
     # ---- one step -----------------------------------------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # checked on the host, before the batch moves: no device sync in the training step
@@ -300,9 +307,10 @@ class E2ABL(BackdoorClassifier):
         """Write one CSV row per training sample ever flagged (``flag_count > 0``) or isolated now, lowest
         score first.
 
-        Columns: ``index``, the dataset's ``ids`` when it has that attribute, ``score`` (running mean
-        of the chosen shallow head), ``given``, ``recovered``, ``epochs_flagged``, ``first_flagged``
-        (epoch), ``isolated`` (now). Reads the synced state bank only.
+        Columns: ``index``, the dataset's ``ids`` when it has that attribute, ``source_index`` and
+        ``source`` (the sample's position and origin in the user's data) when it has ``source_index`` and
+        ``sources``, ``score`` (running mean of the chosen shallow head), ``given``, ``recovered``,
+        ``epochs_flagged``, ``first_flagged`` (epoch), ``isolated`` (now). Reads the synced state bank only.
         """
         import csv
         import os
@@ -313,18 +321,24 @@ class E2ABL(BackdoorClassifier):
         index = torch.nonzero((s.flag_count > 0) | s.isolated).flatten().cpu()
         index = index[torch.sort(score[index], stable=True).indices]
         loader = self.trainer.train_dataloader if self._trainer is not None else None
-        ids = getattr(getattr(loader, "dataset", None), "ids", None)
+        dataset = getattr(loader, "dataset", None)
+        ids = getattr(dataset, "ids", None)
+        # where each sample comes from in the user's data (file row, torchvision index, image path)
+        origin = (getattr(dataset, "source_index", None), getattr(dataset, "sources", None))
+        origin = None if origin[0] is None or origin[1] is None else origin
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", newline="") as handle:
             writer = csv.writer(handle)
             id_col = ["id"] if ids is not None else []
             writer.writerow(
-                ["index", *id_col, "score", "given", "recovered", "epochs_flagged", "first_flagged", "isolated"]
+                ["index", *id_col, *(["source_index", "source"] if origin else []), "score", "given", "recovered"]
+                + ["epochs_flagged", "first_flagged", "isolated"]
             )
             columns = [t.cpu()[index].tolist() for t in (s.given, s.recovered, s.flag_count, s.first_flagged)]
             isolated = s.isolated.cpu()[index].tolist()
             for row, i in enumerate(index.tolist()):
                 ident = [ids[i]] if ids is not None else []
+                ident += [int(origin[0][i]), origin[1][i]] if origin else []
                 values = [column[row] for column in columns]
                 writer.writerow([i, *ident, f"{float(score[i]):.6g}", *values, isolated[row]])
 

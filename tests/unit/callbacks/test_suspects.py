@@ -16,6 +16,8 @@ def test_suspects_csv_matches_state(gunpoint_run: Fit) -> None:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == [
         "index",
+        "source_index",
+        "source",
         "score",
         "given",
         "recovered",
