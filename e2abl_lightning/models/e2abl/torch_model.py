@@ -85,7 +85,7 @@ class FusedShallowHeads(nn.Module):
         bound = 1 / hidden**0.5  # nn.Linear's default initialisation
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
-        self.register_buffer("is_max", torch.tensor([p == "max" for p in poolings]).view(1, h, 1), persistent=False)
+        self._runs = [(a, b, poolings[a]) for a, b in _runs(poolings)]  # (first head, end, pooling)
 
     @classmethod
     def from_heads(cls, heads: list[ShallowHead]) -> FusedShallowHeads:
@@ -108,12 +108,9 @@ class FusedShallowHeads(nn.Module):
     def forward(self, features: Tensor) -> Tensor:  # [B, C, *S] -> [H, B, K]
         x = torch.relu(self.norm(self.conv(features)))  # [B, H * hidden, *S]
         x = x.flatten(2).unflatten(1, (len(self.poolings), self.hidden))  # [B, H, hidden, S]
-        if all(p == "max" for p in self.poolings):
-            pooled = x.amax(dim=-1)
-        elif all(p == "avg" for p in self.poolings):
-            pooled = x.mean(dim=-1)
-        else:
-            pooled = torch.where(self.is_max, x.amax(dim=-1), x.mean(dim=-1))  # [B, H, hidden]
+        # one reduction per run of heads with the same pooling (one max, one mean for the default heads)
+        pooled = [x[:, a:b].max(dim=-1).values if p == "max" else x[:, a:b].mean(dim=-1) for a, b, p in self._runs]
+        pooled = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)  # [B, H, hidden]
         return torch.baddbmm(self.bias.unsqueeze(1), pooled.transpose(0, 1), self.weight.transpose(1, 2))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -130,6 +127,12 @@ class FusedShallowHeads(nn.Module):
             ]
             state_dict.update({prefix + k: v for k, v in _fuse_head_states(per_head).items()})
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def _runs(poolings: tuple[str, ...]) -> list[tuple[int, int]]:
+    """``(start, end)`` of every run of consecutive equal entries."""
+    starts = [i for i in range(len(poolings)) if i == 0 or poolings[i] != poolings[i - 1]]
+    return list(zip(starts, [*starts[1:], len(poolings)], strict=True))
 
 
 def _fuse_head_states(states: list[dict[str, Tensor]]) -> dict[str, Tensor]:
