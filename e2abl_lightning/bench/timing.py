@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 #: setting -> (suite, data config stem): the suites' undefended and E2ABL cells, seed 0
@@ -32,7 +33,7 @@ DEFENSES = ("no_defense", "e2abl")
 PRECISION = "32-true"
 _MARK = "TIMING-RESULT "
 
-#: ``(setting, defense, epochs) -> {"fit_seconds": s, "peak_rss_mib": m}``
+#: ``(setting, defense, epochs) -> {"fit_seconds": s, "peak_rss_mib": m, "epochs": e}``
 Measure = Callable[[str, str, int | None], dict[str, float]]
 
 
@@ -73,15 +74,21 @@ def fit_once(setting: str, defense: str, epochs: int | None, out: Path) -> dict[
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"fit_seconds": seconds, "peak_rss_mib": peak, "epochs": float(epochs or cell.max_epochs)}
+    import torch
+
+    epochs = epochs or cell.max_epochs
+    return {"fit_seconds": seconds, "peak_rss_mib": peak, "epochs": float(epochs), "threads": torch.get_num_threads()}
 
 
-def measure_in_subprocess(setting: str, defense: str, epochs: int | None) -> dict[str, float]:
-    """:func:`fit_once` in a fresh interpreter, so that the peak RSS is this fit's alone."""
+def measure_in_subprocess(setting: str, defense: str, epochs: int | None, threads: int = 1) -> dict[str, float]:
+    """:func:`fit_once` in a fresh interpreter with ``threads`` threads, so that the peak RSS is this fit's alone."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "e2abl_lightning.bench.timing", "--one-fit", setting, defense, str(epochs or 0)]
         proc = subprocess.run(
-            [*cmd, "--out", tmp], capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+            [*cmd, "--out", tmp],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(threads)},
         )
     lines = [line for line in proc.stdout.splitlines() if line.startswith(_MARK)]
     if proc.returncode != 0 or not lines:
@@ -131,6 +138,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--repeats", type=int, default=3, help="pairs of fits per setting")
     parser.add_argument("--epochs", type=int, help="epochs per fit (default: the suite's, 40 series / 6 images)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads per fit (default 1: with more, OpenMP's spinning threads turn any other load on the machine "
+        "into a several-fold slowdown of whichever fit it meets)",
+    )
     parser.add_argument("--one-fit", nargs=3, metavar=("SETTING", "DEFENSE", "EPOCHS"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -138,14 +152,15 @@ def main(argv: list[str] | None = None) -> None:
         setting, defense, epochs = args.one_fit
         print(_MARK + json.dumps(fit_once(setting, defense, int(epochs) or None, args.out)), flush=True)
         return
-    if args.repeats < 1 or (args.epochs is not None and args.epochs < 1):
-        parser.error(f"--repeats={args.repeats} and --epochs={args.epochs} must be at least 1")
-    import torch
-
+    if min(args.repeats, args.threads, args.epochs or 1) < 1:
+        parser.error(
+            f"--repeats={args.repeats}, --threads={args.threads} and --epochs={args.epochs} must be at least 1"
+        )
     print(
-        f"precision {PRECISION}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; each fit in its own process"
+        f"precision {PRECISION}, {args.threads} thread(s) per fit, {os.cpu_count()} CPUs; each fit in its own process"
     )
-    table = run(args.settings, args.repeats, args.epochs, measure_in_subprocess, lambda s: print(s, flush=True))
+    measure = partial(measure_in_subprocess, threads=args.threads)
+    table = run(args.settings, args.repeats, args.epochs, measure, lambda s: print(s, flush=True))
     print(table)
 
 

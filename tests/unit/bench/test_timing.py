@@ -34,15 +34,17 @@ def test_run_pairs_the_fits_in_swapped_order_and_reports_ratios() -> None:
 
 def test_measure_in_subprocess_reads_the_child_result_and_reports_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     result = {"fit_seconds": 1.5, "peak_rss_mib": 900.0, "epochs": 1.0}
-    commands = []
+    commands, kwargs_seen = [], []
 
     def fake_run(cmd: list[str], **kwargs: object) -> SimpleNamespace:
         commands.append(cmd)
+        kwargs_seen.append(kwargs)
         return SimpleNamespace(returncode=0, stdout=f"noise\n{timing._MARK}{json.dumps(result)}\n", stderr="")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     assert timing.measure_in_subprocess("osuleaf", "e2abl", 1) == result
     assert commands[0][1:7] == ["-m", "e2abl_lightning.bench.timing", "--one-fit", "osuleaf", "e2abl", "1"]
+    assert kwargs_seen[0]["env"]["OMP_NUM_THREADS"] == "1"
 
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: SimpleNamespace(returncode=1, stdout="", stderr="boom"))
     with pytest.raises(RuntimeError, match="e2abl fit of osuleaf failed:\nboom"):
@@ -68,3 +70,5 @@ def test_bad_arguments_are_refused() -> None:
         timing.main(["--repeats", "0"])
     with pytest.raises(SystemExit):
         timing.main(["--settings", "cifar10"])
+    with pytest.raises(SystemExit):
+        timing.main(["--threads", "0"])
