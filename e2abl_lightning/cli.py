@@ -107,6 +107,7 @@ def condense(message: str, subcommand: str | None = None) -> str:
     keys: list[str] = []
     facts: list[str] = []
     owner = ""
+    given = re.findall(r"^\s*Given value: (.*)$", message, flags=re.MULTILINE)
     for line in message.splitlines():
         text = line.strip().removeprefix("- ").strip()
         if not text or text.startswith(_NOISE):
@@ -126,6 +127,9 @@ def condense(message: str, subcommand: str | None = None) -> str:
         facts.append(text)
     facts = [re.sub(r"<class '([\w.]+)'>", lambda m: m[1].rsplit(".", 1)[-1], f) for f in dict.fromkeys(facts)]
     sentence = "; ".join(facts) or message.strip().splitlines()[0]
+    value = given[-1].strip() if given else ""
+    if value and len(value) < 80 and "(" not in value and value not in sentence:
+        sentence = f"{sentence}; got {value!r}"
     if subcommand and sentence.startswith("unrecognized arguments:"):
         sentence = sentence.replace(f"unrecognized arguments: {subcommand} ", "unrecognized arguments: ", 1)
     keys = [k for k in keys if k]
@@ -149,7 +153,7 @@ def root_cause(err: BaseException) -> BaseException:
     return err
 
 
-USER_ERRORS = (ValueError, TypeError, OSError)
+USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
 
 
 def user_message(err: BaseException, subcommand: str | None = None) -> str | None:

@@ -46,7 +46,11 @@ class E2ABLCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:  # before LightningCLI reads the checkpoint's hyperparameters and any run directory is made
-            check_checkpoint(self.config[subcommand].get("ckpt_path"))
+            path = self.config[subcommand].get("ckpt_path")
+            check_checkpoint(path)
+            if path is not None and Path(str(path)).expanduser().is_file():
+                model = self.config[subcommand].get("model")
+                check_checkpoint_class(Path(str(path)).expanduser(), model.get("class_path") if model else None)
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
@@ -133,11 +137,8 @@ class E2ABLCLI(LightningCLI):
             print(metric_lines(self.trainer, "test"))
 
 
-def check_resume(path: Path, model: Any, datamodule: Any, resume: bool) -> None:
-    """Refuse, with one line, a checkpoint of another model class, data shape or (``resume``) poisoned set.
-
-    Reads the file with ``weights_only=True`` (no pickled code runs) before any run directory exists.
-    """
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint read with ``weights_only=True`` (no pickled code runs), or one clear error."""
     import torch
 
     try:
@@ -157,6 +158,27 @@ def check_resume(path: Path, model: Any, datamodule: Any, resume: bool) -> None:
             f"ckpt_path='{path}' is not a Lightning checkpoint: it holds {what}; pass a .ckpt written by "
             "`e2abl fit` (<run>/checkpoints/last.ckpt)"
         )
+    return checkpoint
+
+
+def check_checkpoint_class(path: Path, class_path: str | None) -> None:
+    """Refuse a checkpoint of another LightningModule class than the command's model (LightningCLI would
+    otherwise silently swap the configured model for the checkpoint's class)."""
+    saved = str((load_checkpoint(path).get("hyper_parameters") or {}).get("_class_path") or "").rsplit(".", 1)[-1]
+    wanted = str(class_path or "").rsplit(".", 1)[-1]
+    if saved and wanted and saved != wanted:
+        raise ValueError(
+            f"ckpt_path='{path}' is a checkpoint of another model: {saved}, but this command's model is {wanted}; "
+            "pass a checkpoint of the same model, or that model's config"
+        )
+
+
+def check_resume(path: Path, model: Any, datamodule: Any, resume: bool) -> None:
+    """Refuse, with one line, a checkpoint of another model class, data shape or (``resume``) poisoned set.
+
+    Reads the file with ``weights_only=True`` (no pickled code runs) before any run directory exists.
+    """
+    checkpoint = load_checkpoint(path)
     name = type(model).__name__
     saved, expected = checkpoint["state_dict"], dict(model.named_parameters())
     missing = [k for k in expected if k not in saved]

@@ -351,7 +351,10 @@ def main(argv: list[str] | None = None) -> None:
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    cells = load_suite(args.suite, args.quick, args.precision)
+    try:
+        cells = load_suite(args.suite, args.quick, args.precision)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
     for flag, names, key in (("--defenses", args.defenses, "defense"), ("--datasets", args.datasets, "data")):
         if names:
             known = sorted({_cell_key(c, key) for c in cells})
