@@ -19,7 +19,8 @@ def test_run_pairs_the_fits_in_swapped_order_and_reports_ratios() -> None:
     def measure(setting: str, defense: str, epochs: int | None) -> dict[str, float]:
         calls.append((setting, defense, epochs))
         seconds, rss = fake[defense]
-        return {"fit_seconds": seconds * (1 + len(calls) / 100), "peak_rss_mib": rss, "epochs": 2.0}
+        seconds *= 1 + len(calls) / 100
+        return {"fit_seconds": seconds, "fit_cpu_seconds": seconds / 2, "peak_rss_mib": rss, "epochs": 2}
 
     table = timing.run(["japanesevowels", "osuleaf"], 3, 2, measure, lambda line: None)
     assert [d for _, d, _ in calls[:6]] == ["no_defense", "e2abl", "e2abl", "no_defense", "no_defense", "e2abl"]
@@ -28,7 +29,7 @@ def test_run_pairs_the_fits_in_swapped_order_and_reports_ratios() -> None:
     rows = table.splitlines()[2:]
     assert len(rows) == 2 and rows[0].startswith("| japanesevowels | 2 |")
     # each repetition's ratio from its own pair: 11 * 1.02 / (10 * 1.01), then 11 * 1.03 / (10 * 1.04), ...
-    assert "| 1.10 (1.11, 1.09, 1.11) |" in rows[0]
+    assert "| 1.10 (1.11, 1.09, 1.11) | 1.10 (1.11, 1.09, 1.11) |" in rows[0]
     assert rows[0].endswith("| 100 ± 0 | 110 ± 0 | 1.10 |")
 
 
