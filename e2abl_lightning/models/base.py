@@ -50,7 +50,10 @@ class BackdoorClassifier(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer)}}
+        scheduler = self.scheduler_factory(optimizer)
+        if hasattr(scheduler, "set_run_length") and self._trainer is not None:  # CosineAnnealingToEnd
+            scheduler.set_run_length(self.trainer.max_epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
 
     def _eval_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"preds": self(batch["input"]).argmax(dim=1)}

@@ -155,3 +155,25 @@ def test_resume_with_the_same_data_is_accepted(tmp_path: Path, monkeypatch: pyte
     main([*gunpoint(), "--trainer.max_epochs=2", "--trainer.limit_train_batches=1", f"--ckpt_path={last}"])
     saved = torch.load(sorted(tmp_path.rglob("last.ckpt"))[-1], weights_only=True)
     assert saved["epoch"] == 1 and "fingerprint" in saved["UCRDataModule"]
+
+
+@pytest.mark.parametrize("epochs", [60, 7])
+def test_cosine_schedule_reaches_its_minimum_at_max_epochs(epochs: int, tmp_path: Path, monkeypatch) -> None:
+    """The README's ``--trainer.max_epochs 60`` on a shipped experiment config: the schedule built by the
+    model anneals to its minimum at epoch 60 (no training needed)."""
+    from e2abl_lightning.cli import make_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["e2abl"])
+    config = CONFIGS / "experiment" / "osuleaf_static_e2abl.yaml"
+    cli = make_cli(["--config", str(config), f"--trainer.max_epochs={epochs}"], run=False)
+    cli.model.trainer = cli.trainer
+    configured = cli.model.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(epochs + 3):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert int(np.argmin(lrs)) == epochs and lrs[epochs] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(lrs[:epochs], lrs[1 : epochs + 1], strict=True))  # falls all the way
