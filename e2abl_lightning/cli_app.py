@@ -324,6 +324,13 @@ def _name_wandb_loggers(config: Any) -> None:
     trainer = config.get("trainer")
     loggers = trainer.get("logger") if trainer is not None else None
     entries = loggers if isinstance(loggers, list) else [loggers]
+    # a later --config replaces the logger list item by item, so an experiment's CSVLogger name lands on
+    # the WandbLogger too: such a carried-over name is not a W&B run name the user chose
+    carried = {"lightning_logs"} | {
+        str((e.get("init_args") or {}).get("name"))
+        for e in entries
+        if _class_name(e) in ("CSVLogger", "TensorBoardLogger")
+    }
     entries = [e for e in entries if _class_name(e) == "WandbLogger"]
     if not entries:
         return
@@ -335,7 +342,7 @@ def _name_wandb_loggers(config: Any) -> None:
         args = entry.get("init_args")
         if args is None:
             continue
-        if not args.get("name") or args.get("name") == "lightning_logs":  # CSVLogger's default, carried over
+        if not args.get("name") or str(args.get("name")) in carried:
             args.name = "-".join(parts) or None
         args.tags = list(dict.fromkeys([*(args.get("tags") or []), *parts]))
 

@@ -177,3 +177,18 @@ def test_cosine_schedule_reaches_its_minimum_at_max_epochs(epochs: int, tmp_path
         scheduler.step()
     assert int(np.argmin(lrs)) == epochs and lrs[epochs] == pytest.approx(0.0, abs=1e-12)
     assert all(a > b for a, b in zip(lrs[:epochs], lrs[1 : epochs + 1], strict=True))  # falls all the way
+
+
+def test_wandb_run_is_named_model_dataset_trigger_after_an_experiment_config(tmp_path: Path, monkeypatch) -> None:
+    """configs/trainer/wandb.yaml after an experiment config whose CSVLogger has a name: the W&B run is still
+    ``<Model>-<dataset>-<Trigger>`` (the documented name), the CSV run keeps the experiment's name."""
+    from e2abl_lightning.cli import make_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["e2abl"])
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    experiment = CONFIGS / "experiment" / "osuleaf_static_e2abl.yaml"
+    cli = make_cli(["--config", str(experiment), "--config", str(CONFIGS / "trainer" / "wandb.yaml")], run=False)
+    csv_logger, wandb_logger = cli.trainer.loggers
+    assert csv_logger.name == "osuleaf_static_e2abl"
+    assert wandb_logger._wandb_init["name"] == "E2ABL-OSULeaf-StaticPattern"

@@ -107,7 +107,7 @@ def test_wandb_offline_run_holds_metrics_config_and_media(in_tmp_dir: Path, wand
     }
     assert {"isolation/score", "isolation/pr", "data/trigger", "val/poisoned"} <= images, images
     assert list((files / "media" / "table" / "isolation").glob("isolated_samples_*.table.json"))
-    assert (files / "suspects.csv").read_text().startswith("index,score,given,recovered")
+    assert (files / "suspects.csv").read_text().startswith("index,source_index,source,score,given,recovered")
 
     history, config, runs_seen = set(), {}, []
     for record in finished_records(next(run.glob("run-*.wandb"))):
