@@ -271,3 +271,16 @@ def test_every_suite_expands_to_cells_whose_configs_exist():
         assert cells, f"{path.name} expands to no cells"
         assert all(c.data.is_file() and c.model.is_file() and c.trainer.is_file() for c in cells), path.name
         assert len({c.name for c in cells}) == len(cells), f"{path.name}: two cells share a name"
+
+
+def test_validation_grid_shares_no_cell_with_the_development_grid():
+    """The protocol: settings are chosen on ``dev``; ``validation`` holds other data configs only, with a
+    clean-data twin of every E2ABL cell (do no harm) and the poison rates 5%, 10% and 20%."""
+    dev, validation = load_suite("dev"), load_suite("validation")
+    assert not {c.data for c in dev} & {c.data for c in validation}
+    assert {c.seed for c in validation} == {0, 1, 2}
+    for data in {c.data for c in validation}:
+        defenses = {c.defense for c in validation if c.data == data}
+        assert {"no_defense", "clean_oracle", "e2abl", "e2abl_no_attack"} <= defenses, data.name
+    rates = {yaml.safe_load(c.data.read_text())["data"]["init_args"]["poison_rate"] for c in validation}
+    assert {0.05, 0.1, 0.2} <= rates
