@@ -21,6 +21,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from e2abl_lightning.metrics.functional import isolation_precision_recall
+
 __all__ = ["IsolationMonitor", "MediaSink", "TriggerGallery"]
 
 
@@ -280,7 +282,6 @@ class IsolationMonitor(L.Callback):
         self.history: dict[str, list[float]] = {"epoch": [], "precision": [], "recall": []}
         self._target_epoch: int | None = None
         self._drawn_decisions = -1
-        self._oracle: tuple[Tensor, Tensor] | None = None
         self._preds: list[Tensor] = []
         self._truth: list[Tensor] = []
 
@@ -289,14 +290,6 @@ class IsolationMonitor(L.Callback):
     def _state(pl_module: L.LightningModule) -> Any:
         state = getattr(pl_module, "state", None)
         return state if state is not None and hasattr(state, "flagged") and hasattr(state, "scores") else None
-
-    def _remember_oracle(self, state: Any) -> None:
-        """Keep the oracle keys across epochs (a sample skipped by ``drop_last`` this epoch keeps its key)."""
-        poisoned, truth = state.oracle_poisoned.detach().cpu(), state.oracle_true.detach().cpu()
-        if self._oracle is None or self._oracle[0].shape != poisoned.shape:
-            self._oracle = (poisoned.clone(), truth.clone())
-        else:
-            self._oracle = (torch.maximum(self._oracle[0], poisoned), torch.maximum(self._oracle[1], truth))
 
     def _due(self, trainer: L.Trainer, epoch: int) -> bool:
         last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch + 1 >= trainer.max_epochs
@@ -309,14 +302,12 @@ class IsolationMonitor(L.Callback):
         if not self.enabled or state is None or int(state.epochs_decided) == 0:
             return
         epoch = trainer.current_epoch
-        self._remember_oracle(state)
-        poisoned = self._oracle[0] > 0  # [N]
-        if bool(poisoned.any()) and (not self.history["epoch"] or self.history["epoch"][-1] != epoch):
-            isolated = state.isolated.detach().cpu()
-            hits = float((isolated & poisoned).sum())
+        oracle = state.oracle_poisoned.detach().cpu()  # [N]: 1 poisoned, 0 clean, -1 never seen
+        if bool((oracle > 0).any()) and (not self.history["epoch"] or self.history["epoch"][-1] != epoch):
+            precision, recall = isolation_precision_recall(state.isolated.detach().cpu(), oracle)
             self.history["epoch"].append(epoch)
-            self.history["precision"].append(hits / max(int(isolated.sum()), 1))
-            self.history["recall"].append(hits / int(poisoned.sum()))
+            self.history["precision"].append(float(precision))
+            self.history["recall"].append(float(recall))
         if self._target_epoch is None and int(state.suspected_target) >= 0:
             self._target_epoch = epoch
         if trainer.loggers and self._due(trainer, epoch):
@@ -342,9 +333,7 @@ class IsolationMonitor(L.Callback):
         head = max(int(state.head_choice), 0)
         mode = getattr(getattr(pl_module, "decision", None), "score", "running_mean")
         score = state.scores(mode)[head].detach().cpu()  # [N]
-        if self._oracle is None:
-            self._remember_oracle(state)
-        known, truth = self._oracle
+        known, truth = state.oracle_poisoned.detach().cpu(), state.oracle_true.detach().cpu()
         oracle = known.numel() > 0 and int(known.max()) >= 0
         seen = torch.isfinite(score) & ((known >= 0) if oracle else True)
         marked = (known > 0) if oracle else state.flagged.detach().cpu()

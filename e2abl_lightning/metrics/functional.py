@@ -26,10 +26,17 @@ def robust_accuracy(preds: Tensor, true_labels: Tensor) -> Tensor:
 
 
 def isolation_precision_recall(flagged: Tensor, poisoned: Tensor) -> tuple[Tensor, Tensor]:
-    """Precision (flagged that are poisoned) and recall (poisoned that are flagged); 0 when undefined."""
-    flagged, poisoned = flagged.bool(), poisoned.bool()
+    """Precision (flagged that are poisoned) and recall (poisoned that are flagged) over the whole set.
+
+    ``poisoned`` is a bool mask ``[N]``, or the oracle as integers ``[N]`` (1 poisoned, 0 clean, -1 not
+    known: a sample the run never saw); unknown samples count in neither denominator. 0 when undefined.
+    The one implementation behind every logged and plotted isolation precision/recall.
+    """
+    flagged = flagged.bool()
+    known = torch.ones_like(flagged) if poisoned.dtype == torch.bool else poisoned >= 0
+    poisoned = poisoned.bool() & known if poisoned.dtype == torch.bool else poisoned > 0
     hits = (flagged & poisoned).sum().float()
-    precision = hits / flagged.sum().clamp(min=1)
+    precision = hits / (flagged & known).sum().clamp(min=1)
     recall = hits / poisoned.sum().clamp(min=1)
     return precision, recall
 

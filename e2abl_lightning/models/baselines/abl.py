@@ -30,6 +30,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+from e2abl_lightning.metrics.functional import isolation_precision_recall
 from e2abl_lightning.models.backbones import BackboneFactory
 from e2abl_lightning.models.base import BackdoorClassifier
 from e2abl_lightning.models.e2abl.loss import lga
@@ -552,12 +553,8 @@ class ABL(BackdoorClassifier):
         known = self.oracle_poisoned >= 0
         if not bool(self.isolation_decided) or not bool(known.any()):
             return {}
-        poisoned = self.oracle_poisoned > 0
-        hits = (self.isolated & poisoned).sum().float()
-        return {
-            "isolation/precision": float(hits / self.isolated.sum().clamp(min=1)),
-            "isolation/recall": float(hits / poisoned.sum().clamp(min=1)),
-        }
+        precision, recall = isolation_precision_recall(self.isolated, self.oracle_poisoned)
+        return {"isolation/precision": float(precision), "isolation/recall": float(recall)}
 
     def log_epoch(self) -> None:
         logs = {"train/phase": float(self.phase()), "train/num_isolated": float(self.isolated.sum())}

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from e2abl_lightning.metrics.functional import isolation_precision_recall
+
 #: ``all_reduce(tensor, op)`` in place, ``op`` in {"sum", "max"}.
 AllReduce = Callable[[Tensor, str], None]
 
@@ -63,6 +65,8 @@ _SCALARS = (
     "target_source",
 )
 _SUM = ("acc_loss", "acc_count", "acc_prob")
+#: oracle keys (metrics only) are kept across epochs: a sample not seen this epoch keeps its key
+_ORACLE = ("oracle_poisoned", "oracle_true")
 _MAX = ("acc_given", "oracle_poisoned", "oracle_true")
 #: the least share of a class, estimated from its members' runner-up classes, that must look like label
 #: noise from every class before the rank-agreement test names it
@@ -124,7 +128,8 @@ class IsolationState(nn.Module):
     # ---- during the epoch ---------------------------------------------------------------------
     def reset_accumulators(self) -> None:
         for name in _ACCUMULATORS:
-            getattr(self, name).fill_(_FILL.get(name, 0))
+            if name not in _ORACLE:
+                getattr(self, name).fill_(_FILL.get(name, 0))
 
     @torch.no_grad()
     def accumulate(self, index: Tensor, shallow_loss: Tensor, probs: Tensor, given: Tensor) -> None:
@@ -136,7 +141,8 @@ class IsolationState(nn.Module):
 
     @torch.no_grad()
     def record_oracle(self, index: Tensor, poisoned: Tensor, original_target: Tensor) -> None:
-        """Oracle keys, for isolation metrics only: the decision never reads them."""
+        """Oracle keys of ``index`` (all samples at once from a dataset that has them, else batch by batch),
+        for isolation metrics only: the decision never reads them."""
         self.oracle_poisoned.scatter_reduce_(0, index, poisoned.long(), "amax")
         self.oracle_true.scatter_reduce_(0, index, original_target.long(), "amax")
 
@@ -330,16 +336,14 @@ class IsolationState(nn.Module):
         }
 
     def oracle_metrics(self) -> dict[str, float]:
-        """Isolation precision/recall and recovery accuracy from the oracle keys (metrics only)."""
+        """Isolation precision/recall of the whole bank and recovery accuracy from the oracle keys (metrics only)."""
         if self.oracle_poisoned.numel() == 0 or int(self.oracle_poisoned.max()) < 0:
             return {}
-        poisoned = self.oracle_poisoned > 0
         out = {}
         for name, chosen in (("", self.isolated), ("flagged_", self.flagged)):
-            hits = (chosen & poisoned).sum().float()
-            out[f"isolation/{name}precision"] = float(hits / chosen.sum().clamp(min=1))
-            out[f"isolation/{name}recall"] = float(hits / poisoned.sum().clamp(min=1))
-        found = (self.flagged | self.isolated) & poisoned
+            precision, recall = isolation_precision_recall(chosen, self.oracle_poisoned)
+            out[f"isolation/{name}precision"], out[f"isolation/{name}recall"] = float(precision), float(recall)
+        found = (self.flagged | self.isolated) & (self.oracle_poisoned > 0)
         correct = (self.recovered == self.oracle_true) & found
         out["isolation/recovery_acc"] = float(correct.sum() / found.sum().clamp(min=1))
         return out
