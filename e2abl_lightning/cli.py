@@ -31,7 +31,7 @@ ones win) and any option as --section.key=value.
 examples:
   e2abl fit --config configs/experiment/osuleaf_static_e2abl.yaml
   e2abl test --config configs/experiment/osuleaf_static_e2abl.yaml \\
-      --ckpt_path logs/E2ABL-OSULeaf/version_0/checkpoints/last.ckpt
+      --ckpt_path logs/osuleaf_static_e2abl/version_0/checkpoints/last.ckpt
 
 subcommands (`e2abl <subcommand> --help` lists every option):
   fit                 train: writes logs/<name>/version_N/ (metrics.csv, checkpoints, suspects.csv)

@@ -127,6 +127,7 @@ def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
     """Fit and test one cell through the ``e2abl`` CLI machinery; returns its metrics."""
     from e2abl_lightning.callbacks import BackdoorEvalCallback
     from e2abl_lightning.cli import make_cli
+    from e2abl_lightning.cli_app import E2ABLWarning
 
     cell_dir = out / "cells" / cell.name
     args = [
@@ -152,6 +153,15 @@ def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
         cli = make_cli(args, run=False)
     finally:
         sys.argv = argv
+    decision = getattr(cli.model, "decision", None)  # E2ABL unlearns only after warm-up and target patience
+    if decision is not None and cell.max_epochs < decision.warmup_epochs + decision.target_patience:
+        warnings.warn(
+            f"{cell.name}: {cell.max_epochs} epochs are too few for E2ABL to act (it needs more than "
+            f"warmup_epochs + target_patience - 1 = {decision.warmup_epochs + decision.target_patience - 1}); "
+            "this cell shows the model without the defense",
+            E2ABLWarning,
+            stacklevel=2,
+        )
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     fit_seconds = time.perf_counter() - start

@@ -192,3 +192,28 @@ def test_wandb_run_is_named_model_dataset_trigger_after_an_experiment_config(tmp
     csv_logger, wandb_logger = cli.trainer.loggers
     assert csv_logger.name == "osuleaf_static_e2abl"
     assert wandb_logger._wandb_init["name"] == "E2ABL-OSULeaf-StaticPattern"
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_bench_quick_says_when_e2abl_cannot_act(tmp_path: Path, monkeypatch) -> None:
+    """``e2abl-bench --quick`` on the demo suite runs E2ABL for 4 epochs, fewer than its warm-up and target
+    patience need: the cell says so (before fitting)."""
+    import e2abl_lightning.cli as cli_module
+    from e2abl_lightning.bench.runner import load_suite, run_cell
+
+    real = cli_module.make_cli
+
+    def build_only(args, run=True):
+        cli = real(args, run=False)
+        cli.trainer.fit = lambda *a, **k: (_ for _ in ()).throw(_Stop())
+        return cli
+
+    monkeypatch.setattr(cli_module, "make_cli", build_only)
+    monkeypatch.chdir(tmp_path)
+    cell = next(c for c in load_suite("demo", quick=True) if c.defense == "e2abl")
+    with pytest.warns(UserWarning, match=r"4 epochs are too few for E2ABL to act .*= 4\); this cell shows"):
+        with pytest.raises(_Stop):
+            run_cell(cell, tmp_path / "out")
