@@ -217,3 +217,17 @@ def test_bench_quick_says_when_e2abl_cannot_act(tmp_path: Path, monkeypatch) -> 
     with pytest.warns(UserWarning, match=r"4 epochs are too few for E2ABL to act .*= 4\); this cell shows"):
         with pytest.raises(_Stop):
             run_cell(cell, tmp_path / "out")
+
+
+def test_gallery_reports_progress_per_attack() -> None:
+    """``e2abl-gallery`` prints a line before a trained attack's setup and one as each attack is ready."""
+    from e2abl_lightning.data.datasets.images import ImageSplits
+    from e2abl_lightning.data.gallery import TRAINED, poisoned_examples
+    from e2abl_lightning.data.triggers import BadNets, InputAware
+
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 2
+    data = ImageSplits(x, y, x.clone(), y.clone(), ["a", "b"], "generated")
+    lines: list[str] = []
+    rows = poisoned_examples(data, {"BadNets": BadNets()}, progress=lines.append)
+    assert len(rows) == 1 and len(lines) == 1 and re.fullmatch(r"\[1/1\] BadNets ready \(\d+\.\d s\)", lines[0])
+    assert set(TRAINED) == {"LabelConsistent", "InputAware"} and InputAware.__name__ in TRAINED

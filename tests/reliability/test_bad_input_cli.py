@@ -373,6 +373,47 @@ class ApiCase:
     call: Callable[[], object]
     error: type[BaseException]
     match: str
+    inputs: Callable[[Path], object] | None = None  # writes the case's input files first
+
+
+def _image_folder(tmp: Path, corrupt: bool = False, test: bool = True) -> Path:
+    from PIL import Image
+
+    root = tmp / "images"
+    for split in ("train", "test") if test else ("train",):
+        for label in ("cat", "dog"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    if corrupt:
+        _garbage(root / "train" / "dog" / "1.png", 64)
+    return root
+
+
+def _folder_dm() -> Callable[[], object]:
+    from e2abl_lightning.data.datamodules import ImageFolderDataModule
+    from e2abl_lightning.data.triggers.image import BadNets
+
+    def call() -> object:
+        return ImageFolderDataModule(BadNets(), str(Path.cwd() / "images"), image_size=(8, 8)).num_classes
+
+    return call
+
+
+def _ts_files(body: str) -> Callable[[Path], object]:
+    def write(tmp: Path) -> None:
+        folder = tmp / "ts"
+        folder.mkdir()
+        header = "@problemName Toy\n@univariate true\n@equalLength true\n@classLabel true a b\n@data\n"
+        (folder / "Toy_TRAIN.ts").write_text(header + body)
+        (folder / "Toy_TEST.ts").write_text(header + "1,2,3,4:a\n4,3,2,1:b\n")
+
+    return write
+
+
+def _ts_dm() -> object:
+    return UCRDataModule("Toy", StaticPattern(), data_dir=str(Path.cwd() / "ts")).num_classes
 
 
 API_CASES = [
@@ -382,6 +423,10 @@ API_CASES = [
     ApiCase("val_fraction_string", _gunpoint(val_fraction="0.1"), TypeError, r"val_fraction='0.1' must be a number"),
     ApiCase("drop_last_string", _gunpoint(drop_last="yes"), TypeError, r"drop_last='yes' must be True or False"),
     ApiCase("train_size_float", _gunpoint(train_size=20.5), TypeError, r"train_size=20.5 must be an integer or None"),
+    ApiCase("image_folder_corrupt_image", _folder_dm(), ValueError, r"train/dog/1\.png cannot be read as an image .*remove or replace it", functools.partial(_image_folder, corrupt=True)),
+    ApiCase("image_folder_without_test", _folder_dm(), FileNotFoundError, r"images/test is missing: put images at", functools.partial(_image_folder, test=False)),
+    ApiCase("ts_nan_padding_not_declared", _ts_dm, ValueError, r"Toy_TRAIN\.ts: line 7 \(sample 1\), channel 0, value 3 is 'NaN'", _ts_files("1,2,3,4:a\n1,2,NaN,NaN:b\n")),
+    ApiCase("ts_row_without_label", _ts_dm, ValueError, r"Toy_TRAIN\.ts: line 7 has no ':' before its label", _ts_files("1,2,3,4:a\n1,2,3,4\n")),
     ApiCase("batch_without_index", lambda: _fit_batches(_items(index=None)), ValueError, r"the training batch lacks \['index'\] \(it has \['input', 'target'\]\)"),
     ApiCase("batch_float_targets", lambda: _fit_batches(_items(target=lambda item: item["target"].float())), TypeError, r"batch\['target'\] holds torch.float32 .*integer class labels 0..1"),
     ApiCase("batch_one_hot_targets", lambda: _fit_batches(_items(target=lambda item: torch.nn.functional.one_hot(item["target"], 2))), TypeError, r"batch\['target'\] holds torch.int64 of shape \(4, 2\)"),
@@ -393,6 +438,9 @@ API_CASES = [
 @pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
 def test_python_api_bad_input_names_the_argument(case: ApiCase, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
+    if case.inputs is not None:
+        case.inputs(tmp_path)
+    before = _files(tmp_path)
     with pytest.raises(case.error, match=case.match):
         case.call()
-    assert not any(tmp_path.iterdir()), "partial output left behind"
+    assert _files(tmp_path) == before, "partial output left behind"
