@@ -59,3 +59,14 @@ def test_readme_steps_on_your_own_ucr_folder(tmp_path, monkeypatch, one_thread, 
     tested = [p for p in (tmp_path / "logs").rglob("metrics.csv") if "test/clean_acc" in p.read_text()]
     assert tested, "e2abl test logged no test/clean_acc"
     capsys.readouterr()
+
+
+def test_readme_results_table_is_the_one_its_command_wrote():
+    results = README.split("## Results", 1)[1].split("\n## ", 1)[0]
+    command = results.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    page = REPO / shlex.split(command)[shlex.split(command).index("--report") + 1]
+    text = page.read_text()
+    assert f"```bash\n{command}\n```" in text, f"{page} was written by another command"
+    table = [line for line in results.splitlines() if line.startswith("|")]
+    assert len(table) >= 3
+    assert "\n".join(table) in text, f"the README's table differs from {page}'s"
