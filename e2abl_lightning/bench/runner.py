@@ -123,36 +123,38 @@ def load_suite(suite: str, quick: bool = False, precision: str | None = None) ->
     ]
 
 
-def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
-    """Fit and test one cell through the ``e2abl`` CLI machinery; returns its metrics."""
-    from e2abl_lightning.callbacks import BackdoorEvalCallback
+def build_cell_cli(cell: Cell, save_dir: Path, max_epochs: int | None = None) -> Any:
+    """The ``e2abl`` CLI of one cell, built but not run: its configs, seeds and logs under ``save_dir``,
+    media callbacks off (cells are timed)."""
     from e2abl_lightning.cli import make_cli
-    from e2abl_lightning.cli_app import E2ABLWarning
 
-    cell_dir = out / "cells" / cell.name
     args = [
-        "--config",
-        str(cell.trainer),
-        "--config",
-        str(cell.data),
-        "--config",
-        str(cell.model),
+        *("--config", str(cell.trainer), "--config", str(cell.data), "--config", str(cell.model)),
         *cell.args,
         *([] if cell.poison_rate is None else [f"--data.init_args.poison_rate={cell.poison_rate}"]),
         f"--seed_everything={cell.seed}",
         f"--data.init_args.poison_seed={cell.seed}",
         f"--data.init_args.split_seed={cell.seed}",
-        f"--trainer.max_epochs={cell.max_epochs}",
-        f"--trainer.logger.init_args.save_dir={cell_dir}",
+        f"--trainer.max_epochs={max_epochs or cell.max_epochs}",
+        f"--trainer.logger.init_args.save_dir={save_dir}",
         "--trainer.logger.init_args.name=logs",
-        "--gallery.enabled=false",  # media off: cells are timed
+        "--gallery.enabled=false",
         "--isolation_monitor.enabled=false",
     ]
     argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI parses ``args`` only
     try:
-        cli = make_cli(args, run=False)
+        return make_cli(args, run=False)
     finally:
         sys.argv = argv
+
+
+def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
+    """Fit and test one cell through the ``e2abl`` CLI machinery; returns its metrics."""
+    from e2abl_lightning.callbacks import BackdoorEvalCallback
+    from e2abl_lightning.cli_app import E2ABLWarning
+
+    cell_dir = out / "cells" / cell.name
+    cli = build_cell_cli(cell, cell_dir)
     decision = getattr(cli.model, "decision", None)  # E2ABL unlearns only after warm-up and target patience
     if decision is not None and cell.max_epochs < decision.warmup_epochs + decision.target_patience:
         warnings.warn(

@@ -43,8 +43,7 @@ def fit_once(setting: str, defense: str, epochs: int | None, out: Path) -> dict[
     import logging
     import warnings
 
-    from e2abl_lightning.bench.runner import load_suite
-    from e2abl_lightning.cli import make_cli
+    from e2abl_lightning.bench.runner import build_cell_cli, load_suite
 
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
@@ -55,22 +54,7 @@ def fit_once(setting: str, defense: str, epochs: int | None, out: Path) -> dict[
         for c in load_suite(suite, precision=PRECISION)
         if c.data.stem == data and c.defense == defense and c.seed == 0
     )
-    args = [
-        *("--config", str(cell.trainer), "--config", str(cell.data), "--config", str(cell.model)),
-        *cell.args,
-        f"--seed_everything={cell.seed}",
-        f"--data.init_args.poison_seed={cell.seed}",
-        f"--data.init_args.split_seed={cell.seed}",
-        f"--trainer.max_epochs={epochs or cell.max_epochs}",
-        f"--trainer.logger.init_args.save_dir={out}",
-        "--gallery.enabled=false",  # media off, as in the benchmark's cells
-        "--isolation_monitor.enabled=false",
-    ]
-    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI parses ``args`` only
-    try:
-        cli = make_cli(args, run=False)
-    finally:
-        sys.argv = argv
+    cli = build_cell_cli(cell, out, epochs)
     start, cpu = time.perf_counter(), time.process_time()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
