@@ -192,6 +192,10 @@ def test_wandb_run_is_named_model_dataset_trigger_after_an_experiment_config(tmp
     csv_logger, wandb_logger = cli.trainer.loggers
     assert csv_logger.name == "osuleaf_static_e2abl"
     assert wandb_logger._wandb_init["name"] == "E2ABL-OSULeaf-StaticPattern"
+    import wandb
+
+    wandb.finish()  # the CLI's disabled run must not stay the process's run for later W&B tests
+    wandb.teardown()
 
 
 class _Stop(Exception):
