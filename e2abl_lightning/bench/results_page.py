@@ -2,8 +2,9 @@
 
 A page holds the command that wrote it, what the cells ran with (package version, date, machine,
 precision), the summary table of :func:`~e2abl_lightning.bench.runner.summarise` and the CA-vs-ASR
-plot. The machine is recorded in ``<out>/machines.json`` by the first page written after a cell ran,
-so a page regenerated from stored cells (no training) on another machine is the same page.
+plot. The machine is recorded in ``<out>/machines.json`` when a cell runs (or, for cells stored without
+one, by the first page written), so a page regenerated from stored cells (no training) on another
+machine is the same page.
 """
 
 from __future__ import annotations

@@ -304,9 +304,12 @@ def run_suite(cells: list[Cell], out: Path) -> list[dict[str, Any]]:
                     )
                 rows.append(row)
             else:
+                from e2abl_lightning.bench.results_page import record_machines
+
                 row = run_cell(cell, out)
                 done.parent.mkdir(parents=True, exist_ok=True)
                 done.write_text(json.dumps({**row, "cell": cell.signature}, indent=1))
+                record_machines(out, [cell])  # what it ran on, now: a page written later elsewhere says the same
                 rows.append(row)
                 progress.console.print(
                     f"{cell.name}: CA {100 * row['ca']:.1f}  ASR {100 * row['asr']:.1f}  fit {row['fit_seconds']:.0f}s"

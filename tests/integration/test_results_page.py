@@ -125,3 +125,15 @@ def test_published_page_regenerates_from_its_stored_cells(page, tmp_path, monkey
     runner.main(argv[1:])
     assert (copy / page.name).read_text() == text
     capsys.readouterr()
+
+
+def test_a_cell_records_its_machine_when_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine a cell ran on is written when it runs, not when a page is first written (maybe elsewhere)."""
+    cell = runner.load_suite("demo", quick=True)[0]
+    row = {"setting": cell.setting, "defense": cell.defense, "seed": 0, "ca": 0.9, "asr": 0.1, "ra": 0.5}
+    row |= {"iso_precision": 1.0, "iso_recall": 1.0, "fit_seconds": 1.0}
+    monkeypatch.setattr(runner, "run_cell", lambda c, out: dict(row))
+    monkeypatch.setattr(results_page, "this_machine", lambda: dict(MACHINE))
+    runner.run_suite([cell], tmp_path)
+    runs = json.loads((tmp_path / "machines.json").read_text())["runs"]
+    assert runs == [{**MACHINE, "cells": [cell.name]}]
