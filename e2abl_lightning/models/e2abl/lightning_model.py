@@ -231,7 +231,10 @@ class E2ABL(BackdoorClassifier):
         isolation metrics cover the whole bank, samples a short or ``drop_last`` epoch skips included."""
         dataset = getattr(loader, "dataset", None)
         poisoned, truth = getattr(dataset, "poisoned", None), getattr(dataset, "original_targets", None)
-        if isinstance(poisoned, Tensor) and isinstance(truth, Tensor) and len(poisoned) == self.state.num_samples:
+        self._oracle_whole = (
+            isinstance(poisoned, Tensor) and isinstance(truth, Tensor) and len(poisoned) == self.state.num_samples
+        )
+        if self._oracle_whole:
             index = torch.arange(self.state.num_samples, device=self.device)
             self.state.record_oracle(index, poisoned.to(self.device), truth.to(self.device))
 
@@ -277,7 +280,7 @@ class E2ABL(BackdoorClassifier):
         )  # [B]
         loss = total_loss(per_main, shallow_term, self.shallow_weight)
         self.state.accumulate(index, per_shallow.detach(), out.main.detach().float().softmax(dim=1), y)
-        if "poisoned" in batch and "original_target" in batch:
+        if "poisoned" in batch and "original_target" in batch and not getattr(self, "_oracle_whole", False):
             self.state.record_oracle(index, batch["poisoned"], batch["original_target"])
         b = y.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=b)
