@@ -44,18 +44,19 @@ def _write_user_file(folder: Path, n: int, length: int = 24) -> np.ndarray:
 
 def test_suspects_csv_names_the_rows_of_the_users_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fit on a user's file: every suspects.csv row points at the file line holding that sample, and the
-    manifest maps the poisoned split positions to the file rows the datamodule poisoned."""
+    manifest maps the poisoned split positions to the file rows the datamodule poisoned. 200 rows: E2ABL's
+    test flags nothing in classes of a few dozen samples, so a smaller file would leave suspects.csv empty."""
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "mydata"
     data.mkdir()
-    values = _write_user_file(data, 40)
+    values = _write_user_file(data, 200)
     user = ["--data.init_args.dataset=Gait", f"--data.init_args.data_dir={data}", "--data.init_args.poison_rate=0.2"]
-    main([*gunpoint(), *user, "--trainer.max_epochs=3", "--model.init_args.warmup_epochs=1"])
+    main([*gunpoint(), *user, "--trainer.max_epochs=3", "--model.init_args.policy.warmup_epochs=1"])
     run = next(tmp_path.rglob("suspects.csv")).parent
     manifest = json.loads((run / "poison_manifest.json").read_text())
     with (run / "suspects.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert rows and len(manifest["source_indices"]) == manifest["num_train"] == 36  # 40 rows, 10% validation
+    assert rows and len(manifest["source_indices"]) == manifest["num_train"] == 180  # 200 rows, 10% validation
     assert manifest["poison_source_indices"] == [manifest["source_indices"][i] for i in manifest["poison_indices"]]
 
     dm = UCRDataModule("Gait", StaticPattern(), data_dir=str(data), poison_rate=0.2, download=False)
@@ -84,8 +85,9 @@ def test_fit_warns_when_the_defense_never_acts_and_ends_with_a_summary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.warns(UserWarning, match=r"warmup_epochs=3 is at least trainer.max_epochs=2: .*never acts"):
-        out, _ = _run([*gunpoint(), "--trainer.max_epochs=2", "--trainer.limit_train_batches=1"], capsys)
+    argv = [*gunpoint(), "--model.init_args.policy.warmup_epochs=3", "--trainer.max_epochs=2"]
+    with pytest.warns(UserWarning, match=r"policy.warmup_epochs=3 is at least trainer.max_epochs=2: .*never acts"):
+        out, _ = _run([*argv, "--trainer.limit_train_batches=1"], capsys)
     assert re.search(r"e2abl fit: 2 epochs, 2 steps\n  validation: clean accuracy [\d.]+%, ASR [\d.]+%", out)
     assert "E2ABL suspected no target class" in out
     run = next(tmp_path.rglob("metrics.csv")).parent
@@ -202,9 +204,15 @@ class _Stop(Exception):
     pass
 
 
-def test_bench_quick_says_when_e2abl_cannot_act(tmp_path: Path, monkeypatch) -> None:
-    """``e2abl-bench --quick`` on the demo suite runs E2ABL for 4 epochs, fewer than its warm-up and target
-    patience need: the cell says so (before fitting)."""
+@pytest.mark.parametrize("warmup, acts", [(None, True), (2, True), (3, False)], ids=["default", "warmup2", "warmup3"])
+def test_bench_quick_says_when_e2abl_cannot_act(warmup: int | None, acts: bool, tmp_path: Path, monkeypatch) -> None:
+    """``e2abl-bench --quick`` on the demo suite runs E2ABL for 4 epochs. E2ABL decides from the end of epoch
+    ``warmup_epochs - 1`` and names a target after two passing decisions, so it unlearns in the run only when
+    ``max_epochs >= warmup_epochs + 2``: with the default warm-up (1) or 2 it can act; with 3 the cell says it
+    cannot (before fitting)."""
+    import dataclasses
+    import warnings
+
     import e2abl_lightning.cli as cli_module
     from e2abl_lightning.bench.runner import load_suite, run_cell
 
@@ -218,9 +226,19 @@ def test_bench_quick_says_when_e2abl_cannot_act(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setattr(cli_module, "make_cli", build_only)
     monkeypatch.chdir(tmp_path)
     cell = next(c for c in load_suite("demo", quick=True) if c.defense == "e2abl")
-    with pytest.warns(UserWarning, match=r"4 epochs are too few for E2ABL to act .*= 4\); this cell shows"):
+    assert cell.max_epochs == 4
+    if warmup is not None:
+        cell = dataclasses.replace(cell, args=[*cell.args, f"--model.init_args.policy.warmup_epochs={warmup}"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         with pytest.raises(_Stop):
             run_cell(cell, tmp_path / "out")
+    too_few = [str(w.message) for w in caught if "too few for E2ABL to act" in str(w.message)]
+    if acts:
+        assert not too_few, too_few
+    else:
+        expected = r"4 epochs are too few for E2ABL to act \(it needs more than policy.warmup_epochs \+ 1 = 4\); this"
+        assert len(too_few) == 1 and re.search(expected, too_few[0]), too_few
 
 
 def test_gallery_reports_progress_per_attack() -> None:

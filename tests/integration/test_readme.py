@@ -12,7 +12,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
 #: appended to each ``e2abl`` command so the run takes seconds: two epochs, the first decision after one
-SPEED = ["--trainer.max_epochs=2", "--model.init_args.warmup_epochs=1"]
+SPEED = ["--trainer.max_epochs=2", "--model.init_args.policy.warmup_epochs=1"]
 
 
 def readme_block(marker: str) -> list[list[str]]:

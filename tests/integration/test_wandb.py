@@ -25,8 +25,7 @@ SHORT_E2ABL = [
     "--config",
     str(CONFIGS / "model" / "fcn_e2abl.yaml"),
     "--model.init_args.backbone.init_args.layers=[16, 32, 16]",
-    "--model.init_args.warmup_epochs=2",
-    "--model.init_args.target_patience=1",
+    "--model.init_args.policy.warmup_epochs=2",
     "--data.init_args.poison_rate=0.2",
     "--data.init_args.batch_size=8",
     "--trainer.accelerator=cpu",
@@ -123,7 +122,8 @@ def test_wandb_offline_run_holds_metrics_config_and_media(in_tmp_dir: Path, wand
     full = json.loads(config["cli"])  # the whole parsed CLI config
     assert full["model"]["class_path"] == "e2abl_lightning.models.e2abl.E2ABL"
     assert full["data"]["init_args"]["dataset"] == "GunPoint" and full["trainer"]["max_epochs"] == 3
-    assert json.loads(config["warmup_epochs"]) == 2  # the model's hyperparameters, from Lightning
+    # the model's hyperparameters, from Lightning: the isolation policy as one dict
+    assert json.loads(config["policy"]) == {"alpha": 0.05, "min_share": 0.05, "warmup_epochs": 2}
 
     csv_run = Path(cli.trainer.log_dir)  # the CSVLogger's run: metrics, suspects, the same pictures
     assert (csv_run / "metrics.csv").is_file() and (csv_run / "suspects.csv").is_file()

@@ -1,7 +1,7 @@
 """A tiny E2ABL (or ABL) fit, run as a script so that Lightning's DDP launcher can re-invoke it.
 
 Used by ``test_ddp.py`` (one process or ``--devices 2`` under DDP, on constructed series whose poisons
-are trivially separable, so that a target is named and samples isolated on any machine) and
+are trivially separable, so that E2ABL names a target and isolates samples on any machine) and
 ``test_reproducibility.py`` (``--manifest-only``: print GunPoint's poison manifest hash). Every rank
 writes ``rank<r>.pt`` into ``--out``: E2ABL's state bank buffers (persistent and accumulators) or
 ABL's isolated mask, and the model's weights.
@@ -29,7 +29,7 @@ from e2abl_lightning.cli import end_process_group
 from e2abl_lightning.data.datamodules import UCRDataModule
 from e2abl_lightning.data.triggers import StaticPattern
 from e2abl_lightning.models.baselines import ABL
-from e2abl_lightning.models.e2abl import E2ABL
+from e2abl_lightning.models.e2abl import E2ABL, IsolationPolicy
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script: make ``tests.helpers`` importable
@@ -60,7 +60,7 @@ class OrderedUCR(DDPOrder, UCRDataModule):
 
 
 class OrderedSeparable(DDPOrder, SeparableSeries):
-    """50 constructed training series (10 poisoned) in DDP's order."""
+    """Constructed training series in DDP's order."""
 
 
 def per_sample_norm(module: nn.Module) -> nn.Module:
@@ -74,9 +74,11 @@ def per_sample_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-def make_datamodule(batch_size: int, poison_seed: int = 0, data: str = "gunpoint") -> DDPOrder:
-    if data == "separable":
-        return OrderedSeparable(n_train=50, poison_rate=0.2, batch_size=batch_size, poison_seed=poison_seed)
+def make_datamodule(batch_size: int, poison_seed: int = 0, data: str = "gunpoint", model: str = "e2abl") -> DDPOrder:
+    if data == "separable":  # ABL: 50 series (10 poisoned); E2ABL: 200 (40 poisoned), the target's clean
+        # members learnable (a bump of 3 over 6 steps: with GroupNorm, E2ABL names the target at the end of epoch 3)
+        sizes = {"n_train": 200, "target_offset": 3.0, "target_span": (24, 30)} if model == "e2abl" else {"n_train": 50}
+        return OrderedSeparable(**sizes, poison_rate=0.2, batch_size=batch_size, poison_seed=poison_seed)
     return OrderedUCR(
         "GunPoint",
         StaticPattern(),
@@ -111,7 +113,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     L.seed_everything(0, verbose=False)
-    dm = make_datamodule(args.batch_size, args.poison_seed, "gunpoint" if args.manifest_only else args.data)
+    dm = make_datamodule(args.batch_size, args.poison_seed, "gunpoint" if args.manifest_only else args.data, args.model)
     if args.manifest_only:
         (args.out / "manifest_hash.txt").write_text(manifest_hash(dm))
         return
@@ -129,9 +131,8 @@ def main() -> None:
             unlearn_batch_size=4,
         )
     else:
-        model = E2ABL(
-            SMALL_FCN, dm.num_classes, dm.input_shape, warmup_epochs=2, target_patience=1, isolation_ratio=0.2
-        )
+        # decisions from the end of epoch 1; a target is named after two passing epochs in a row
+        model = E2ABL(SMALL_FCN, dm.num_classes, dm.input_shape, policy=IsolationPolicy(warmup_epochs=2))
     if args.norm == "group":
         per_sample_norm(model)
     strategy = "ddp" if args.devices > 1 else "auto"

@@ -34,9 +34,9 @@ from e2abl_lightning.data.triggers import StaticPattern
 from e2abl_lightning.data.triggers.image import BadNets, Blend
 from e2abl_lightning.models.backbones import FCN
 from e2abl_lightning.models.baselines.abl import ABL
-from e2abl_lightning.models.e2abl import E2ABL
+from e2abl_lightning.models.e2abl import E2ABL, IsolationPolicy
 from e2abl_lightning.report import ReportError, make_report
-from tests.helpers import SMALL_FCN, SeparableSeries, tiny_fit
+from tests.helpers import SMALL_FCN, SeparableSeries, quiet_trainer, tiny_e2abl, tiny_fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,6 +134,13 @@ def _dm_then(attribute: str, **kwargs) -> Callable[[Path], Callable[[], object]]
 
 
 E2ABL_ARGS = dict(backbone=SMALL_FCN, num_classes=2, input_shape=(1, 150))
+
+
+def _e2abl_with_policy(**policy) -> Callable[[Path], Callable[[], object]]:
+    """E2ABL with ``policy=IsolationPolicy(**policy)``, both built inside the call that must fail."""
+    return lambda _: lambda: E2ABL(**E2ABL_ARGS, policy=IsolationPolicy(**policy))
+
+
 ABL_ARGS = dict(backbone=SMALL_FCN, num_classes=2, input_shape=(1, 150))
 
 
@@ -200,22 +207,17 @@ CASES = [
     # models
     Case("shallow_layer_unknown", _call(E2ABL, **E2ABL_ARGS, shallow_layer="net.convblock9"), ValueError, r"shallow_layer='net.convblock9' is not a submodule of FCN; e.g. \["),
     Case("e2abl_num_classes_one", _call(E2ABL, SMALL_FCN, 1, (1, 150)), ValueError, r"num_classes=1 must be at least 2"),
-    Case("e2abl_isolation_ratio", _call(E2ABL, **E2ABL_ARGS, isolation_ratio=1.5), ValueError, r"isolation_ratio=1.5 must be in \(0, 1\)"),
-    Case("e2abl_warmup_epochs", _call(E2ABL, **E2ABL_ARGS, warmup_epochs=0), ValueError, r"warmup_epochs=0 must be at least 1"),
-    Case("e2abl_target_patience", _call(E2ABL, **E2ABL_ARGS, target_patience=0), ValueError, r"target_patience=0 must be at least 1"),
-    Case("e2abl_cleanse", _call(E2ABL, **E2ABL_ARGS, cleanse="erase"), ValueError, r"cleanse='erase' is not allowed; choose one of"),
-    Case("e2abl_score", _call(E2ABL, **E2ABL_ARGS, score="median"), ValueError, r"score='median' is not allowed"),
+    Case("e2abl_policy_alpha_above_one", _e2abl_with_policy(alpha=1.5), ValueError, r"alpha=1.5 must be in \(0, 1\), e.g. 0.05"),
+    Case("e2abl_policy_alpha_zero", _e2abl_with_policy(alpha=0.0), ValueError, r"alpha=0.0 must be in \(0, 1\), e.g. 0.05"),
+    Case("e2abl_policy_alpha_nan", _e2abl_with_policy(alpha=float("nan")), ValueError, r"alpha=nan must be in \(0, 1\)"),
+    Case("e2abl_policy_min_share_one", _e2abl_with_policy(min_share=1.0), ValueError, r"min_share=1.0 must be in \(0, 1\), e.g. 0.05"),
+    Case("e2abl_policy_min_share_negative", _e2abl_with_policy(min_share=-0.1), ValueError, r"min_share=-0.1 must be in \(0, 1\)"),
+    Case("e2abl_policy_warmup_epochs", _e2abl_with_policy(warmup_epochs=0), ValueError, r"warmup_epochs=0 must be at least 1"),
     Case("e2abl_poolings", _call(E2ABL, **E2ABL_ARGS, shallow_poolings=("median",)), ValueError, r"shallow_poolings='median' is not allowed"),
-    Case("e2abl_ascent_ceiling_negative", _call(E2ABL, **E2ABL_ARGS, ascent_ceiling=-1.0), ValueError, r"ascent_ceiling=-1.0 must be finite and positive"),
-    Case("e2abl_ascent_ceiling_infinite", _call(E2ABL, **E2ABL_ARGS, ascent_ceiling=float("inf")), ValueError, r"ascent_ceiling=inf must be finite and positive"),
-    Case("e2abl_ascent_weight_negative", _call(E2ABL, **E2ABL_ARGS, ascent_weight=-1.0), ValueError, r"ascent_weight=-1.0 must be finite and >= 0"),
-    Case("e2abl_ascent_weight_nan", _call(E2ABL, **E2ABL_ARGS, ascent_weight=float("nan")), ValueError, r"ascent_weight=nan must be finite"),
-    Case("e2abl_ema_momentum", _call(E2ABL, **E2ABL_ARGS, ema_momentum=1.0), ValueError, r"ema_momentum=1.0 must be in \[0, 1\)"),
-    Case("e2abl_clean_label_separation", _call(E2ABL, **E2ABL_ARGS, clean_label_separation=-1.0), ValueError, r"clean_label_separation=-1.0 must be finite and >= 0 \(0: off\)"),
-    Case("e2abl_min_confusion_spread", _call(E2ABL, **E2ABL_ARGS, min_confusion_spread=1.5), ValueError, r"min_confusion_spread=1.5 must be in \[0, 1\) \(0: off\)"),
-    Case("e2abl_max_rank_agreement", _call(E2ABL, **E2ABL_ARGS, max_rank_agreement=1.5), ValueError, r"max_rank_agreement=1.5 must be in \[0, 1\) \(0: off\)"),
-    Case("e2abl_min_head_contrast", _call(E2ABL, **E2ABL_ARGS, min_head_contrast=1.0), ValueError, r"min_head_contrast=1.0 must be in \[0, 1\) \(0: off\)"),
-    Case("e2abl_recovery_threshold", _call(E2ABL, **E2ABL_ARGS, recovery_threshold=1.5), ValueError, r"recovery_threshold=1.5 must be in \[0, 1\]"),
+    # knobs of the old isolation policy are gone: a script that still passes one is told which
+    Case("e2abl_removed_isolation_ratio", _call(E2ABL, **E2ABL_ARGS, isolation_ratio=0.2), TypeError, r"unexpected keyword argument 'isolation_ratio'"),
+    Case("e2abl_moved_warmup_epochs", _call(E2ABL, **E2ABL_ARGS, warmup_epochs=2), TypeError, r"unexpected keyword argument 'warmup_epochs'"),
+    Case("e2abl_removed_ascent_weight", _call(E2ABL, **E2ABL_ARGS, ascent_weight=1.0), TypeError, r"unexpected keyword argument 'ascent_weight'"),
     Case("abl_isolation_loss", _call(ABL, **ABL_ARGS, isolation_loss="huber"), ValueError, r"isolation_loss='huber' is not allowed"),
     Case("abl_lga_gamma", _call(ABL, **ABL_ARGS, lga_gamma=0.0), ValueError, r"lga_gamma=0.0 must be positive"),
     Case("abl_isolation_ratio", _call(ABL, **ABL_ARGS, isolation_ratio=1.0), ValueError, r"isolation_ratio=1.0 must be in \(0, 1\)"),
@@ -298,23 +300,41 @@ def test_cli_corrupted_checkpoint_fails_before_the_run(tmp_path: Path, monkeypat
     assert _files(tmp_path) == {"last.ckpt"}  # no logs/ run directory
 
 
-# ---- unlearning that would diverge -----------------------------------------------------------------
-def _fit_ascent(**kwargs) -> tuple[E2ABL, L.Trainer]:
-    """Five epochs of SGD on constructed data whose poisons any run traps, so the ascent always runs."""
-    sgd = functools.partial(torch.optim.SGD, lr=0.1)
-    model, trainer, _ = tiny_fit(5, SeparableSeries(), model_kwargs={"optimizer": sgd, "warmup_epochs": 1, **kwargs})
+# ---- training that diverges, and unlearning that must not ------------------------------------------
+def _separable_fit(lr: float, epochs: int, root: Path | None = None) -> tuple[E2ABL, L.Trainer]:
+    """SGD at ``lr`` on constructed data whose poisons every run isolates; with ``root``, a checkpoint
+    callback writes ``last.ckpt`` there at every training epoch end."""
+    L.seed_everything(0, verbose=False)
+    dm = SeparableSeries(target_offset=4.0)
+    model = tiny_e2abl(dm, optimizer=functools.partial(torch.optim.SGD, lr=lr))
+    checkpoints = [] if root is None else [ModelCheckpoint(dirpath=root, save_last=True, save_on_train_epoch_end=True)]
+    overrides = {} if root is None else {"enable_checkpointing": True, "default_root_dir": root}
+    trainer = quiet_trainer(epochs, checkpoints, **overrides)
+    trainer.fit(model, dm)
     return model, trainer
 
 
-def test_huge_ascent_weight_and_ceiling_stay_finite() -> None:
-    """The ascent term is bounded by ``ascent_weight * ascent_ceiling`` and has no gradient past the ceiling."""
-    model, trainer = _fit_ascent(ascent_weight=1e6, ascent_ceiling=1e6)
-    assert trainer.state.finished and int(model.state.ascend.sum()) > 0  # the ascent really ran
+def test_isolated_samples_are_unlearned_without_diverging() -> None:
+    """The complementary loss on isolated samples needs no ceiling: six epochs of SGD in which the poisons
+    are isolated (named by the end of epoch 4, unlearned in epoch 5) end with finite weights, losses and scores."""
+    model, trainer = _separable_fit(0.1, 6)
+    state = model.state
+    assert trainer.state.finished and int(state.suspected_target) == 0 and int(state.isolated.sum()) > 0
+    assert int(state.flag_count.max()) >= 3  # named before the last epoch: isolated samples were trained on
     assert all(bool(p.isfinite().all()) for p in model.parameters())
     assert all(bool(torch.isfinite(v)) for k, v in trainer.callback_metrics.items() if k.startswith("train/loss"))
+    assert "train/loss" in trainer.callback_metrics
+    assert bool(state.pred_ema.isfinite().all()) and bool(state.score.isfinite().all())
 
 
-def test_diverging_run_stops_with_one_clear_error() -> None:
-    """A step size no ascent bound can save (SGD with ascent_weight=1e20) ends the run at the epoch end."""
-    with pytest.raises(ValueError, match=r"E2ABL diverged in epoch \d+: .*lower the lr, ascent_weight=1e\+20"):
-        _fit_ascent(ascent_weight=1e20, ascent_ceiling=5.0)
+def test_diverging_run_stops_with_one_clear_error(tmp_path: Path) -> None:
+    """A step size that blows the weights up (SGD with lr=1e20) ends the run at that epoch's end with one
+    line, before the epoch's checkpoint is written."""
+    with pytest.raises(ValueError, match=r"E2ABL diverged in epoch") as raised:
+        _separable_fit(1e20, 3, tmp_path)
+    found = re.fullmatch(
+        r"E2ABL diverged in epoch (\d+): losses or weights hold NaN or inf; lower the lr", str(raised.value)
+    )
+    assert found, f"not the one-line divergence error: {raised.value!r}"
+    assert found.group(1) == "0", "lr=1e20 blows the weights up in the first epoch"
+    assert not list(tmp_path.rglob("*.ckpt")), "the diverged epoch was checkpointed"

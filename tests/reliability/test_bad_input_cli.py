@@ -28,7 +28,7 @@ from e2abl_lightning.cli import main
 from e2abl_lightning.data.datamodules import UCRDataModule
 from e2abl_lightning.data.gallery import main as gallery_main
 from e2abl_lightning.data.triggers import StaticPattern
-from e2abl_lightning.models.e2abl import E2ABL
+from e2abl_lightning.models.e2abl import E2ABL, IsolationPolicy
 from tests.helpers import SMALL_FCN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -189,21 +189,19 @@ CLI_CASES = [
     Case("ucr_test_label_unseen", ucr(lambda: _good_rows(40), lambda: _good_rows(10, labels=("a", "c"))), r"Toy: test labels \['c'\] never appear in the training split"),
     Case("ucr_empty_row", ucr(lambda: _with(_good_rows(40), 2, "a")), r"line 3 has 1 columns but line 1 has 25"),
     # model arguments
-    Case("isolation_ratio_above_one", args("--model.init_args.isolation_ratio=1.5"), r"isolation_ratio=1.5 must be in \(0, 1\)"),
-    Case("isolation_ratio_zero", args("--model.init_args.isolation_ratio=0"), r"isolation_ratio=0(\.0)? must be in \(0, 1\)"),
-    Case("warmup_epochs_zero", args("--model.init_args.warmup_epochs=0"), r"warmup_epochs=0 must be at least 1"),
-    Case("target_patience_zero", args("--model.init_args.target_patience=0"), r"target_patience=0 must be at least 1"),
-    Case("cleanse_unknown", args("--model.init_args.cleanse=erase"), r"cleanse.*erase"),
-    Case("score_unknown", args("--model.init_args.score=median"), r"score.*median"),
-    Case("ascent_ceiling_negative", args("--model.init_args.ascent_ceiling=-1"), r"ascent_ceiling=-1(\.0)? must be finite and positive"),
-    Case("ascent_weight_negative", args("--model.init_args.ascent_weight=-1"), r"ascent_weight=-1(\.0)? must be finite and >= 0"),
-    Case("ema_momentum_one", args("--model.init_args.ema_momentum=1.0"), r"ema_momentum=1.0 must be in \[0, 1\)"),
-    Case("recovery_threshold", args("--model.init_args.recovery_threshold=1.5"), r"recovery_threshold=1.5 must be in \[0, 1\]"),
-    Case("min_label_share", args("--model.init_args.min_label_share=1.0"), r"min_label_share=1.0 must be in \[0, 1\)"),
-    Case("clean_label_separation", args("--model.init_args.clean_label_separation=-1"), r"clean_label_separation=-1(\.0)? must be finite and >= 0"),
-    Case("min_confusion_spread", args("--model.init_args.min_confusion_spread=1.5"), r"min_confusion_spread=1.5 must be in \[0, 1\)"),
-    Case("max_rank_agreement", args("--model.init_args.max_rank_agreement=1.5"), r"max_rank_agreement=1.5 must be in \[0, 1\)"),
-    Case("min_head_contrast", args("--model.init_args.min_head_contrast=1.0"), r"min_head_contrast=1.0 must be in \[0, 1\)"),
+    Case("policy_alpha_above_one", args("--model.init_args.policy.alpha=1.5"), r"alpha=1.5 must be in \(0, 1\), e.g. 0.05"),
+    Case("policy_alpha_zero", args("--model.init_args.policy.alpha=0"), r"alpha=0(\.0)? must be in \(0, 1\), e.g. 0.05"),
+    Case("policy_alpha_not_a_number", args("--model.init_args.policy.alpha=low"), r"policy.alpha \(IsolationPolicy\): Expected a float. Got value: low"),
+    Case("policy_min_share_one", args("--model.init_args.policy.min_share=1.0"), r"min_share=1.0 must be in \(0, 1\), e.g. 0.05"),
+    Case("policy_min_share_negative", args("--model.init_args.policy.min_share=-0.1"), r"min_share=-0.1 must be in \(0, 1\)"),
+    Case("policy_warmup_epochs_zero", args("--model.init_args.policy.warmup_epochs=0"), r"warmup_epochs=0 must be at least 1"),
+    Case("policy_unknown_key", args("--model.init_args.policy.isolation_ratio=0.2"), r"policy \(IsolationPolicy\): Option 'isolation_ratio' is not accepted"),
+    # knobs of the old isolation policy are gone: the error names the key the user gave
+    Case("removed_isolation_ratio", args("--model.init_args.isolation_ratio=0.2"), r"model \(E2ABL\): Option 'isolation_ratio' is not accepted"),
+    Case("moved_warmup_epochs", args("--model.init_args.warmup_epochs=2"), r"model \(E2ABL\): Option 'warmup_epochs' is not accepted"),
+    Case("removed_target_patience", args("--model.init_args.target_patience=1"), r"model \(E2ABL\): Option 'target_patience' is not accepted"),
+    Case("removed_ascent_weight", args("--model.init_args.ascent_weight=1"), r"model \(E2ABL\): Option 'ascent_weight' is not accepted"),
+    Case("removed_head_selection", args("--model.init_args.head_selection=auto"), r"model \(E2ABL\): Option 'head_selection' is not accepted"),
     Case("shallow_layer_unknown", args("--model.init_args.shallow_layer=net.nope"), r"shallow_layer='net.nope' is not a submodule of FCN"),
     Case("model_unknown", args("--model=NotAModel"), r"model: .*NotAModel"),
     Case("backbone_unknown", args("--model.init_args.backbone=NotABackbone"), r"backbone.*NotABackbone"),
@@ -314,8 +312,8 @@ def test_debug_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(ValueError, match=r"poison_rate=-0.1"):
         main([*gunpoint(), "--data.init_args.poison_rate=-0.1", "--debug"])
     monkeypatch.setenv("E2ABL_DEBUG", "1")
-    with pytest.raises(ValueError, match=r"isolation_ratio=1.5"):
-        main([*gunpoint(), "--model.init_args.isolation_ratio=1.5"])
+    with pytest.raises(ValueError, match=r"alpha=1.5 must be in \(0, 1\)"):
+        main([*gunpoint(), "--model.init_args.policy.alpha=1.5"])
     assert not (tmp_path / "logs").exists()
 
 
@@ -344,7 +342,7 @@ def _gunpoint(**kwargs) -> Callable[[], object]:
 
 
 def _fit_batches(items: list[dict] | TensorDataset, num_classes: int = 2) -> None:
-    model = E2ABL(SMALL_FCN, num_classes, (1, 16), warmup_epochs=1)
+    model = E2ABL(SMALL_FCN, num_classes, (1, 16), policy=IsolationPolicy(warmup_epochs=1))
     trainer = L.Trainer(
         max_steps=1,
         accelerator="cpu",

@@ -10,8 +10,10 @@ What "the same" means here. The design promises two things:
    (the single process uses the same DistributedSampler permutation, see ``_e2abl_fit.DDPOrder``)
    and a normalisation that does not depend on the batch (BatchNorm's batch statistics would be per
    rank, and SyncBatchNorm needs a GPU: the backbone and heads use GroupNorm(1, C) here). In floating
-   point the gradient is then summed in another order, so weights and scores agree to ~1e-6, and the
-   discrete decisions (flagged, isolated, suspected target, recovered labels) agree exactly.
+   point the gradient is then summed in another order, so the weights drift apart by ~1e-6 per Adam step
+   (7e-5 after the 50 steps here: the target is named after two passing epochs, so the run is 5
+   epochs long), the margins agree to ~1e-5, and the discrete decisions (flagged, isolated, suspected
+   target, recovered labels) agree exactly.
 """
 
 from __future__ import annotations
@@ -28,20 +30,25 @@ SCRIPT = Path(__file__).with_name("_e2abl_fit.py")
 DISCRETE = (
     "flagged",
     "isolated",
-    "ascend",
     "recovered",
-    "confident",
     "given",
     "flag_count",
     "first_flagged",
     "suspected_target",
     "candidate_target",
     "candidate_streak",
-    "head_choice",
+    "quiet_streak",
+    "view",
     "epochs_decided",
+    "detectable",
     "acc_count",
+    "acc_given",
     "oracle_poisoned",
+    "oracle_true",
 )
+#: per-sample floats: equal up to the order of the gradient sums (atol): the margins and probabilities to
+#: 1e-5; the scores are the margins' within-class z (divided by a MAD down to ~0.07 here), so to 1e-3
+CONTINUOUS = {"pred_ema": 1e-5, "acc_margin": 1e-5, "acc_prob": 1e-5, "score": 1e-3, "last_z": 1e-3}
 
 
 def _launch(out: Path, devices: int, batch_size: int, cwd: Path, *extra: str) -> subprocess.Popen:
@@ -63,9 +70,9 @@ def _finish(proc: subprocess.Popen, what: str) -> None:
 
 @pytest.mark.slow
 def test_ddp_two_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
-    b = 5  # 50 training series: 25 per rank, 5 steps per epoch either way (no padding, no drop)
-    single = _launch(tmp_path / "single", 1, 2 * b, tmp_path)
-    ddp = _launch(tmp_path / "ddp", 2, b, tmp_path)
+    b = 10  # 200 training series: 100 per rank, 10 steps per epoch either way (no padding, no drop)
+    single = _launch(tmp_path / "single", 1, 2 * b, tmp_path, "--epochs", "5")
+    ddp = _launch(tmp_path / "ddp", 2, b, tmp_path, "--epochs", "5")
     _finish(single, "single-process fit")
     _finish(ddp, "DDP fit")
 
@@ -73,7 +80,7 @@ def test_ddp_two_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
     rank0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
     assert rank0["world_size"] == rank1["world_size"] == 2 and one["world_size"] == 1
-    assert one["steps"] == rank0["steps"] == rank1["steps"] == 20  # 4 epochs x 5 global batches
+    assert one["steps"] == rank0["steps"] == rank1["steps"] == 50  # 5 epochs x 10 global batches
 
     # 1. the ranks are bit-identical: state bank (decided state and synced accumulators) and weights
     assert rank0["state"].keys() == rank1["state"].keys()
@@ -84,20 +91,23 @@ def test_ddp_two_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
 
     # every training sample was seen exactly once per epoch across the ranks (a rank's accumulators
     # must not be overwritten by DDP's buffer broadcast)
-    assert torch.equal(rank0["state"]["acc_count"], torch.ones(50))
+    assert torch.equal(rank0["state"]["acc_count"], torch.ones(200))
 
     # 2. the same decisions as one process with the same global batch; floats equal up to summation order
     state = one["state"]
-    assert int(state["epochs_decided"]) == 3 and int(state["flagged"].sum()) > 0
+    assert int(state["epochs_decided"]) == 4 and int(state["flagged"].sum()) > 0  # decisions from epoch 1 (warm-up 2)
     assert int(state["suspected_target"]) == 0 and int(state["isolated"].sum()) > 0
+    # flagged at three decisions: named by the end of epoch 3, so epoch 4 trained isolated samples under DDP
+    assert int(state["flag_count"].max()) >= 3
     for name in DISCRETE:
         assert torch.equal(state[name], rank0["state"][name]), f"state.{name}: one process != DDP"
-    for name in ("score_sum", "pred_ema", "acc_loss", "acc_prob"):
-        torch.testing.assert_close(state[name], rank0["state"][name], atol=1e-5, rtol=1e-5, msg=name)
+    assert {*DISCRETE, *CONTINUOUS} == set(state), "a state buffer is compared neither exactly nor closely"
+    for name, atol in CONTINUOUS.items():
+        torch.testing.assert_close(state[name], rank0["state"][name], atol=atol, rtol=1e-5, equal_nan=True, msg=name)
     for name in one["weights"]:
         a, b_ = one["weights"][name], rank0["weights"][name]
         if a.is_floating_point():
-            torch.testing.assert_close(a, b_, atol=1e-5, rtol=1e-5, msg=name)
+            torch.testing.assert_close(a, b_, atol=2e-4, rtol=1e-5, msg=name)  # 50 steps of drift, see above
         else:
             assert torch.equal(a, b_), name
 

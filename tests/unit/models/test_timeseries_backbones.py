@@ -132,7 +132,7 @@ def test_tst_two_head_net_and_stop_gradient() -> None:
 def test_tst_e2abl_training_step() -> None:
     torch.manual_seed(0)
     model = E2ABL(small_tst, 3, (1, 32))
-    model.state.resize(6, 3, len(model.net.heads))  # what on_train_start does for a 6-sample training set
+    model.state.resize(6, 3, len(model.net.heads) + 1)  # what on_train_start does: 6 samples, 3 classes, heads + main
     assert model.net.shallow_layer == TST.shallow_layer
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log outside a Trainer warns

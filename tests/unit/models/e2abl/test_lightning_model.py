@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from e2abl_lightning.data.datamodules import UCRDataModule
 from e2abl_lightning.data.poison import ORACLE_KEYS
-from e2abl_lightning.models.e2abl import E2ABL
+from e2abl_lightning.models.e2abl import E2ABL, IsolationPolicy
 from tests.helpers import SMALL_FCN, SeparableSeries, gunpoint, tiny_fit
 
 
@@ -52,16 +52,19 @@ def test_oracle_keys_do_not_change_training():
 @pytest.mark.parametrize("poison_seed", [0, 1])
 def test_trapped_poisons_are_flagged_named_and_isolated(poison_seed):
     """Constructed data where every poison is far easier than every clean sample (noise with random
-    labels; the trigger a large spike): the flagged set is poisons only, the target is named and the
-    isolated set is poisons of the target. Measured on poison seeds 0-2 with 1 and 2 threads: precision
-    1.0 (30 of 40 poisons flagged), target 0, every time."""
-    dm = SeparableSeries(poison_seed=poison_seed)
+    labels, the target's clean members offset so the main head learns them; the trigger a large spike):
+    the target is named and the flagged and isolated sets are its poisons exactly. Measured on poison
+    seeds 0-2 with 1 thread: a candidate at the end of epoch 2, named at the end of epoch 3, the flagged
+    set the 40 poisons from then on."""
+    dm = SeparableSeries(poison_seed=poison_seed, target_offset=4.0)
     model, _, dm = tiny_fit(6, dm)
     poisoned, state = dm.train_set.poisoned, model.state
-    assert int(state.flagged.sum()) == round(0.15 * len(poisoned))  # the default isolation_ratio
-    assert bool(poisoned[state.flagged].all()), "a clean sample was flagged"
+    assert int(state.epochs_decided) == 5  # warm-up 2: decisions at the ends of epochs 1..5
     assert int(state.suspected_target) == dm.target_label
-    assert int(state.isolated.sum()) > 0 and bool(poisoned[state.isolated].all())
+    assert bool(poisoned[state.flagged].all()), "a clean sample was flagged"
+    assert torch.equal(state.flagged, poisoned), f"{int(state.flagged.sum())} of {int(poisoned.sum())} poisons flagged"
+    assert torch.equal(state.isolated, poisoned)
+    assert int(state.flag_count.max()) >= 3  # named by the end of epoch 4 at the latest: isolated samples trained
 
 
 def test_inference_uses_main_head_only():
@@ -92,17 +95,31 @@ def test_user_module_with_named_shallow_layer():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"isolation_ratio": 0.0}, "isolation_ratio"),
-        ({"isolation_ratio": 1.5}, "isolation_ratio"),
-        ({"warmup_epochs": 0}, "warmup_epochs"),
-        ({"cleanse": "erase"}, "cleanse"),
+        ({"policy": lambda: IsolationPolicy(alpha=0.0)}, r"alpha=0.0 must be in \(0, 1\)"),
+        ({"policy": lambda: IsolationPolicy(alpha=1.5)}, r"alpha=1.5 must be in \(0, 1\)"),
+        ({"policy": lambda: IsolationPolicy(min_share=0.0)}, r"min_share=0.0 must be in \(0, 1\)"),
+        ({"policy": lambda: IsolationPolicy(min_share=1.0)}, r"min_share=1.0 must be in \(0, 1\)"),
+        ({"policy": lambda: IsolationPolicy(warmup_epochs=0)}, r"warmup_epochs=0 must be at least 1"),
         ({"shallow_poolings": ("median",)}, "shallow_poolings"),
-        ({"ascent_ceiling": -1.0}, "ascent_ceiling"),
     ],
+    ids=["alpha_zero", "alpha_above_one", "min_share_zero", "min_share_one", "warmup_zero", "pooling"],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        E2ABL(SMALL_FCN, 2, (1, 64), **kwargs)
+        E2ABL(SMALL_FCN, 2, (1, 64), **{k: v() if callable(v) else v for k, v in kwargs.items()})
+
+
+@pytest.mark.parametrize(
+    "removed", ["isolation_ratio", "warmup_epochs", "target_patience", "cleanse", "ascent_ceiling"]
+)
+def test_knobs_of_the_old_policy_are_refused_by_name(removed):
+    with pytest.raises(TypeError, match=rf"unexpected keyword argument '{removed}'"):
+        E2ABL(SMALL_FCN, 2, (1, 64), **{removed: 1})
+
+
+def test_default_policy():
+    model = E2ABL(SMALL_FCN, 2, (1, 64))
+    assert model.policy == IsolationPolicy() == IsolationPolicy(alpha=0.05, min_share=0.05, warmup_epochs=1)
 
 
 class _Shifted(_Blind):
