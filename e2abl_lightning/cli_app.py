@@ -104,12 +104,13 @@ class E2ABLCLI(LightningCLI):
                 )
         if trainer.limit_train_batches == 0:
             _warn("trainer.limit_train_batches=0: no training step runs; remove it or give a share above 0")
-        decision = getattr(self.model, "decision", None)
-        warmup = getattr(decision, "warmup_epochs", None)
+        policy = getattr(self.model, "policy", None)
+        warmup = getattr(policy, "warmup_epochs", None)
         if warmup is not None and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= warmup:
             _warn(
-                f"warmup_epochs={warmup} is at least trainer.max_epochs={trainer.max_epochs}: E2ABL never takes an "
-                f"isolation decision, so the defense never acts; raise max_epochs above {warmup} or lower warmup_epochs"
+                f"policy.warmup_epochs={warmup} is at least trainer.max_epochs={trainer.max_epochs}: E2ABL never "
+                f"takes an isolation decision, so the defense never acts; raise max_epochs above {warmup} or lower "
+                "policy.warmup_epochs"
             )
 
     def before_validate(self) -> None:
@@ -229,6 +230,13 @@ def fit_summary(trainer: Any, model: Any, datamodule: Any) -> str:
             lines.append(f"  E2ABL suspected target class {target}{label}, {isolated} training samples isolated")
         else:
             lines.append("  E2ABL suspected no target class (no backdoor found, or the run was too short)")
+        share = float(getattr(state, "detectable", 0.0))
+        if share >= 1.0:
+            lines.append(
+                "  E2ABL could not isolate reliably: the classes are too small for its test; trained undefended"
+            )
+        elif share > 0.5:
+            lines.append(f"  E2ABL's test sees a poisoned population only above {share:.0%} of a class here")
     isolated = getattr(model, "isolated", None)
     if state is None and isolated is not None and hasattr(isolated, "sum"):
         lines.append(f"  {type(model).__name__} isolated {int(isolated.sum())} training samples")

@@ -138,7 +138,7 @@ def gallery_figure(clean: Tensor, triggered: Tensor, labels: list[str]) -> Any:
 
 
 def score_histogram_figure(score: Tensor, poisoned: Tensor, threshold: float | None, title: str, oracle: bool) -> Any:
-    """Histogram of one head's isolation score, poisoned vs clean (or flagged vs not without oracle)."""
+    """Histogram of one view's isolation score, poisoned vs clean (or flagged vs not without oracle)."""
     fig = Figure(figsize=(6, 3.5))
 
     ax = fig.subplots()
@@ -150,7 +150,7 @@ def score_histogram_figure(score: Tensor, poisoned: Tensor, threshold: float | N
     ax.hist(values[poisoned].numpy(), bins=bins, alpha=0.7, color="red", label=f"{names[0]} ({int(poisoned.sum())})")
     if threshold is not None:
         ax.axvline(threshold, color="black", ls=":", lw=1, label="flag threshold")
-    ax.set_xlabel("shallow-head score (lower = more suspicious)")
+    ax.set_xlabel("within-class score (higher = fitted better than its classmates)")
     ax.set_ylabel("training samples")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
@@ -330,17 +330,18 @@ class IsolationMonitor(L.Callback):
         self._drawn_decisions = int(state.epochs_decided)
         sink = MediaSink(trainer)
         tag = f"epoch_{epoch:03d}"
-        head = max(int(state.head_choice), 0)
-        mode = getattr(getattr(pl_module, "decision", None), "score", "running_mean")
-        score = state.scores(mode)[head].detach().cpu()  # [N]
+        view = max(int(state.view), 0)
+        score = state.scores()[view].detach().cpu()  # [N], NaN: never seen
         known, truth = state.oracle_poisoned.detach().cpu(), state.oracle_true.detach().cpu()
         oracle = known.numel() > 0 and int(known.max()) >= 0
         seen = torch.isfinite(score) & ((known >= 0) if oracle else True)
         marked = (known > 0) if oracle else state.flagged.detach().cpu()
         flagged = state.flagged.detach().cpu()
-        threshold = float(score[flagged & seen].max()) if bool((flagged & seen).any()) else None
+        threshold = float(score[flagged & seen].min()) if bool((flagged & seen).any()) else None
         target = int(state.suspected_target)
-        title = f"epoch {epoch}, head {head} ({mode} score), suspected target " + (str(target) if target >= 0 else "-")
+        title = f"epoch {epoch}, view {view} (within-class z), suspected target " + (
+            str(target) if target >= 0 else "-"
+        )
         if bool(seen.any()):
             sink.figure(
                 "isolation/score_hist",

@@ -7,31 +7,38 @@ arXiv 2401.03215 (2024). The algorithm as implemented, and the ablation behind e
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from e2abl_lightning.data.poison import check_training_batch
 from e2abl_lightning.models.backbones import BackboneFactory
 from e2abl_lightning.models.base import BackdoorClassifier
-from e2abl_lightning.models.e2abl.loss import lga, main_losses, shallow_losses, total_loss
-from e2abl_lightning.models.e2abl.state import DecisionConfig, IsolationState
+from e2abl_lightning.models.e2abl.loss import cleansing_losses, shallow_losses, total_loss
+from e2abl_lightning.models.e2abl.policy import IsolationPolicy, margins, pseudo_labels
+from e2abl_lightning.models.e2abl.state import IsolationState
 from e2abl_lightning.models.e2abl.torch_model import TwoHeadNet
+
+#: channels of each shallow head's conv: a trap needs little capacity
+SHALLOW_HIDDEN = 32
 
 
 class E2ABL(BackdoorClassifier):
-    """End-to-end anti-backdoor learning with a shallow "backdoor trap" head.
+    """End-to-end anti-backdoor learning with shallow "backdoor trap" heads.
 
     Each step runs both heads once. The shallow heads learn the given labels; backdoor triggers are
-    simple features, so they fit poisoned samples first and their loss on them falls fastest. After
-    ``warmup_epochs`` the lowest-scored ``isolation_ratio`` of the training set is flagged every
-    epoch, the flagged samples of the suspected target class are unlearned by the main head and, once
-    the main head is confident about their true class, trained on that recovered label. Inference
-    uses the main head only. The batch may carry oracle keys; they feed the ``isolation/*`` metrics
-    and never the algorithm.
+    simple features, so they fit poisoned samples far better than the rest of their class. At every
+    epoch end the isolation ``policy`` tests each class, in each view (every shallow head and the main
+    head), for a second, better-fitted population of its members; a class that passes is named the
+    target, its odd population is isolated, unlearned with a complementary loss and trained towards
+    the label the main head recovers. Without such a class nothing is isolated and training is the
+    undefended one. Inference uses the main head only. The batch may carry oracle keys; they feed the
+    ``isolation/*`` metrics and never the algorithm.
 
     Args:
         backbone: callable ``(input_shape, num_classes) -> nn.Module`` with a ``shallow_layer``.
@@ -40,63 +47,8 @@ class E2ABL(BackdoorClassifier):
         optimizer: optimiser callable.
         scheduler: optional LR scheduler callable.
         shallow_layer: submodule the shallow heads tap; None uses the backbone's ``shallow_layer``.
-        shallow_poolings: one shallow head per pooling; with several, each epoch uses the head whose
-            flagged set is most dominated by one given label.
-        shallow_hidden: channels of each shallow head's conv.
-        shallow_loss: ``"ce"`` per-sample cross-entropy, or ``"lga"`` (ABL's local gradient ascent).
-        lga_gamma: LGA threshold.
-        shallow_weight: weight of the shallow heads' loss in the total.
-        shallow_grad_to_stem: let the shallow loss train the shared stem (False: stop-gradient).
-        warmup_epochs: epochs before the first isolation decision.
-        isolation_ratio: share of the training set flagged each epoch.
-        score: ``"running_mean"`` of each sample's shallow loss across epochs, or this ``"epoch"``'s.
-        target_patience: consecutive epochs the flagged set's majority label must hold before it is
-            taken (and then kept) as the suspected target.
-        cleanse: ``"ascent"`` (bounded gradient ascent), ``"drop"`` (weight 0) or ``"none"``.
-        cleanse_scope: ``"suspected_target"`` (flagged samples given the suspected target label),
-            ``"target_split"`` (samples given the suspected target label whose log-score falls below
-            Otsu's threshold within that class: on large image sets the flagged share misses poisons
-            crowded out by easy clean samples of other classes) or ``"all_flagged"``.
-        ascent_ceiling: per-sample loss above which ascent stops.
-        ascent_weight: weight of the ascent term.
-        ascent_stop_grad: stop the unlearned samples' main-head gradient at the shallow layer.
-        recovery: train cleansed samples on their recovered label ``"confident"``-ly (when the
-            prediction EMA passes ``recovery_threshold``), ``"always"`` or ``"never"``.
-        recovery_threshold: confidence needed to train on a recovered label.
-        ema_momentum: momentum of the per-sample prediction EMA.
-        split_min_gap: the cleansed samples are split at the widest gap of their log-score when it is
-            at least this wide: those below it (confidently trapped) are unlearned by ascent, the
-            others only left out of the main loss (0 or less: ascend on all).
-        head_selection: with several shallow heads, use each epoch the one whose flagged set sits
-            furthest below the median log-score (``"separation"``) or is most dominated by one given
-            label (``"label_share"``; once a target is suspected, that holds the most samples given it).
-        min_label_share: a label becomes the candidate target only when it holds at least this share
-            of the chosen head's flagged set (0: always). Without a backdoor the flagged set is the
-            easiest clean samples, a mix; a guard against splitting a clean class.
-        clean_label_separation: on the first ``target_patience`` decisions, a class whose main-head
-            log-losses split into two clusters at least this far apart (Ashman's D) becomes the
-            candidate target, ahead of the label share, when its high-loss cluster mostly agrees with
-            its label (a clean-label attack such as SIG fits its poisons far below the class's clean
-            samples); such a target is cut once on those losses. 0 turns this off.
-        min_head_contrast: a label-share candidate is taken only when the other shallow heads rank its
-            flagged samples at least this high on average (0 = lowest, 1 = highest score): a trap is
-            specific to its pooling, an easy clean class is easy for every head; 0 turns this off.
-        min_confusion_spread: on the first ``target_patience`` decisions, a class whose members the main
-            head's prediction EMA confidently gives to every other class (the median over the other
-            classes of that share, :func:`~e2abl_lightning.models.e2abl.state.confusion_spreads`) at
-            least this often becomes the candidate target, ahead of the label share and the class
-            separation: dirty-label poisons whose trigger is not learned yet look like label noise from
-            every source class (FTrojan). From the decision on, every member of such a target that the
-            prediction EMA gives to another class is unlearned (the set only grows). 0 turns this off.
-        max_rank_agreement: on the first ``target_patience`` decisions, when no other test names a
-            candidate, the class whose members no shallow head ranks like the main head does (the largest
-            Spearman correlation between a shallow head's and the main head's per-sample losses,
-            :func:`~e2abl_lightning.models.e2abl.state.rank_agreements`) becomes the candidate target if
-            that correlation is at most this and at least a third of the class looks like label noise
-            from every class (its members' runner-up classes spread over all others): the main head fits
-            poisons of a trigger only deep layers see (WaNet) far below the class's clean members, the
-            shallow heads do not. Such a target is cut at Otsu's threshold of its members' main-head over
-            shallow loss at the decision, and then grows as with ``min_confusion_spread``. 0 turns this off.
+        shallow_poolings: one shallow head per pooling (max catches local triggers, avg global ones).
+        policy: the isolation policy's knobs (:class:`~e2abl_lightning.models.e2abl.policy.IsolationPolicy`).
     """
 
     def __init__(
@@ -108,102 +60,29 @@ class E2ABL(BackdoorClassifier):
         scheduler: LRSchedulerCallable | None = None,
         shallow_layer: str | None = None,
         shallow_poolings: tuple[Literal["max", "avg"], ...] = ("max", "avg"),
-        shallow_hidden: int = 32,
-        shallow_loss: Literal["ce", "lga"] = "ce",
-        lga_gamma: float = 0.5,
-        shallow_weight: float = 1.0,
-        shallow_grad_to_stem: bool = False,
-        warmup_epochs: int = 3,
-        isolation_ratio: float = 0.15,
-        score: Literal["running_mean", "epoch"] = "running_mean",
-        target_patience: int = 2,
-        cleanse: Literal["ascent", "drop", "none"] = "ascent",
-        cleanse_scope: Literal["suspected_target", "target_split", "all_flagged"] = "suspected_target",
-        ascent_ceiling: float = 5.0,
-        ascent_weight: float = 1.0,
-        ascent_stop_grad: bool = False,
-        recovery: Literal["confident", "always", "never"] = "confident",
-        recovery_threshold: float = 0.9,
-        ema_momentum: float = 0.7,
-        split_min_gap: float = 1.0,
-        head_selection: Literal["separation", "label_share"] = "separation",
-        min_label_share: float = 0.0,
-        clean_label_separation: float = 0.0,
-        min_head_contrast: float = 0.0,
-        min_confusion_spread: float = 0.0,
-        max_rank_agreement: float = 0.0,
+        policy: IsolationPolicy | None = None,
     ) -> None:
         super().__init__(backbone, num_classes, input_shape, optimizer, scheduler)
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
-        _check_choice("shallow_loss", shallow_loss, ("ce", "lga"))
-        _check_choice("score", score, ("running_mean", "epoch"))
-        _check_choice("cleanse", cleanse, ("ascent", "drop", "none"))
-        _check_choice("cleanse_scope", cleanse_scope, ("suspected_target", "target_split", "all_flagged"))
-        _check_choice("recovery", recovery, ("confident", "always", "never"))
-        _check_choice("head_selection", head_selection, ("separation", "label_share"))
+        if isinstance(policy, dict):  # as stored in a checkpoint's hyperparameters
+            policy = IsolationPolicy(**policy)
+        if policy is not None and not isinstance(policy, IsolationPolicy):
+            raise ValueError(f"policy={policy!r} must be an IsolationPolicy, e.g. IsolationPolicy(alpha=0.05)")
+        self.policy = policy if policy is not None else IsolationPolicy()
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "policy"])
+        self.hparams["policy"] = dataclasses.asdict(self.policy)  # plain values: loads with weights_only=True
         for p in shallow_poolings:
             _check_choice("shallow_poolings", p, ("max", "avg"))
-        if not 0.0 < isolation_ratio < 1.0:
-            raise ValueError(f"isolation_ratio={isolation_ratio} must be in (0, 1), e.g. 0.15")
-        if warmup_epochs < 1:
-            raise ValueError(f"warmup_epochs={warmup_epochs} must be at least 1")
-        if target_patience < 1:
-            raise ValueError(f"target_patience={target_patience} must be at least 1")
-        if not (0 < ascent_ceiling < float("inf")):
-            raise ValueError(f"ascent_ceiling={ascent_ceiling} must be finite and positive (it bounds the ascent)")
-        if not (0 <= ascent_weight < float("inf")):
-            raise ValueError(f"ascent_weight={ascent_weight} must be finite and >= 0, e.g. 1.0")
-        if not 0.0 <= ema_momentum < 1.0:
-            raise ValueError(f"ema_momentum={ema_momentum} must be in [0, 1)")
-        if not 0.0 <= min_label_share < 1.0:
-            raise ValueError(f"min_label_share={min_label_share} must be in [0, 1), e.g. 0.4 on large image sets")
-        if not 0.0 <= clean_label_separation < float("inf"):
-            raise ValueError(
-                f"clean_label_separation={clean_label_separation} must be finite and >= 0 (0: off), e.g. 3.5"
-            )
-        if not 0.0 <= min_head_contrast < 1.0:
-            raise ValueError(f"min_head_contrast={min_head_contrast} must be in [0, 1) (0: off), e.g. 0.2")
-        if not 0.0 <= min_confusion_spread < 1.0:
-            raise ValueError(f"min_confusion_spread={min_confusion_spread} must be in [0, 1) (0: off), e.g. 0.02")
-        if not 0.0 <= max_rank_agreement < 1.0:
-            raise ValueError(f"max_rank_agreement={max_rank_agreement} must be in [0, 1) (0: off), e.g. 0.43")
-        if not 0.0 <= recovery_threshold <= 1.0:
-            raise ValueError(f"recovery_threshold={recovery_threshold} must be in [0, 1]")
         self.net = TwoHeadNet(
             self.backbone,
             self.num_classes,
             self.input_shape,
             shallow_layer,
             tuple(shallow_poolings),
-            shallow_hidden,
-            shallow_grad_to_stem,
+            SHALLOW_HIDDEN,
+            False,
         )
         del self.backbone  # registered once, inside the two-head net
-        self.shallow_loss = shallow_loss
-        self.lga_gamma = lga_gamma
-        self.shallow_weight = shallow_weight
-        self.cleanse = cleanse
-        self.ascent_ceiling = ascent_ceiling
-        self.ascent_weight = ascent_weight
-        self.ascent_stop_grad = ascent_stop_grad
-        self.recovery = recovery
-        self.decision = DecisionConfig(
-            warmup_epochs=warmup_epochs,
-            isolation_ratio=isolation_ratio,
-            score=score,
-            target_patience=target_patience,
-            cleanse_scope=cleanse_scope,
-            ema_momentum=ema_momentum,
-            recovery_threshold=recovery_threshold,
-            split_min_gap=split_min_gap,
-            head_selection=head_selection,
-            min_label_share=min_label_share,
-            clean_label_separation=clean_label_separation,
-            min_head_contrast=min_head_contrast,
-            min_confusion_spread=min_confusion_spread,
-            max_rank_agreement=max_rank_agreement,
-        )
-        self.state = IsolationState(0, self.num_classes, len(shallow_poolings))
+        self.state = IsolationState(0, self.num_classes, len(shallow_poolings) + 1)
         # DDP broadcasts rank 0's buffers before every forward: that would overwrite the other ranks'
         # epoch accumulators; the state bank is synced by its own all-reduce instead
         self._ddp_params_and_buffers_to_ignore = [f"state.{name}" for name, _ in self.state.named_buffers()]
@@ -222,7 +101,7 @@ class E2ABL(BackdoorClassifier):
                     f"the checkpoint's state bank holds {self.state.num_samples} training samples but the "
                     f"training set has {n}: resume with the dataset the checkpoint was trained on"
                 )
-            self.state.resize(n, self.num_classes, len(self.net.heads))
+            self.state.resize(n, self.num_classes, len(self.net.heads) + 1)
             self.state.to(self.device)
         self._record_dataset_oracle(loader)
 
@@ -264,26 +143,16 @@ class E2ABL(BackdoorClassifier):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         x, y, index = batch["input"], batch["target"], batch["index"]
-        cleanse = self.state.isolated[index] if self.cleanse != "none" else torch.zeros_like(y, dtype=torch.bool)
-        stop = cleanse if self.ascent_stop_grad else None
-        out = self.net(x, stop_grad_mask=stop)
-        per_shallow = shallow_losses(out.shallow, y)  # [H, B]
-        shallow_term = lga(per_shallow, self.lga_gamma) if self.shallow_loss == "lga" else per_shallow
-        recovered = self.state.recovered[index]
-        ascend = cleanse & self.state.ascend[index] if self.cleanse == "ascent" else torch.zeros_like(cleanse)
-        if self.recovery == "confident":
-            train_recovered = self.state.confident[index]
-        else:
-            train_recovered = ascend & (self.recovery == "always")
-        per_main = main_losses(
-            out.main, y, cleanse, ascend, recovered, train_recovered, self.ascent_ceiling, self.ascent_weight
-        )  # [B]
-        loss = total_loss(per_main, shallow_term, self.shallow_weight)
-        self.state.accumulate(index, per_shallow.detach(), out.main.detach().float().softmax(dim=1), y)
+        out = self.net(x)
+        pseudo, confidence = pseudo_labels(self.state.pred_ema[index], y)
+        per_main = cleansing_losses(out.main, y, self.state.isolated[index], pseudo, confidence)  # [B]
+        loss = total_loss(per_main, shallow_losses(out.shallow, y))
+        with torch.no_grad():
+            logits = torch.cat([out.shallow.float(), out.main.float().unsqueeze(0)])  # [V, B, K]
+            self.state.accumulate(index, margins(logits, y), logits[-1].softmax(dim=1), y)
         if "poisoned" in batch and "original_target" in batch and not getattr(self, "_oracle_whole", False):
             self.state.record_oracle(index, batch["poisoned"], batch["original_target"])
-        b = y.shape[0]
-        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=b)
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=y.shape[0])
         return loss
 
     # ---- the epoch's decision (at the last batch: before validation and checkpointing) ---------
@@ -296,19 +165,31 @@ class E2ABL(BackdoorClassifier):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
             self.state.sync_(lambda t, op: dist.all_reduce(t, op=ops[op]))
-        finite = [self.state.acc_loss.isfinite().all(), self.state.acc_prob.isfinite().all()]
+        finite = [self.state.acc_margin.isfinite().all(), self.state.acc_prob.isfinite().all()]
         finite += [p.isfinite().all() for p in self.parameters()]  # DDP: the same weights on every rank
         if not bool(torch.stack(finite).all()):
             raise ValueError(  # after the sync: every rank raises, none waits; nothing is decided or checkpointed
-                f"E2ABL diverged in epoch {self.current_epoch}: losses or weights hold NaN or inf; lower the lr, "
-                f"ascent_weight={self.ascent_weight} or ascent_ceiling={self.ascent_ceiling}"
+                f"E2ABL diverged in epoch {self.current_epoch}: losses or weights hold NaN or inf; lower the lr"
             )
-        seen = self.state.acc_count.sum() * self.state.acc_loss.shape[0]
-        shallow_loss = float(self.state.acc_loss.sum() / seen.clamp(min=1))  # the epoch's mean, from the sums
-        logs = {"train/loss_shallow": shallow_loss, **self.state.decide(self.current_epoch, self.decision)}
-        logs.update(self.state.oracle_metrics())
+        decided = int(self.state.epochs_decided)
+        logs = {**self.state.decide(self.current_epoch, self.policy), **self.state.oracle_metrics()}
+        if decided == 0 and int(self.state.epochs_decided) > 0:
+            self._warn_if_undetectable()
         for name, value in logs.items():
             self.log(name, float(value), on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
+
+    def _warn_if_undetectable(self) -> None:
+        share = float(self.state.detectable)
+        if share >= 1.0:
+            rank_zero_warn(
+                "E2ABL cannot isolate reliably on this training set: its classes are too small for the test "
+                "to tell a poisoned population from chance; it trains as an undefended model"
+            )
+        elif share > 0.5:
+            rank_zero_warn(
+                f"E2ABL's test finds a poisoned population only above {share:.0%} of a class on this training "
+                "set (its classes are small); smaller ones are trained on as clean"
+            )
 
     # ---- after fit: every sample ever flagged or isolated, for review ---------------------------
     def on_fit_end(self) -> None:
@@ -317,22 +198,21 @@ class E2ABL(BackdoorClassifier):
             self.write_suspects(f"{log_dir}/suspects.csv")
 
     def write_suspects(self, path: str) -> None:
-        """Write one CSV row per training sample ever flagged (``flag_count > 0``) or isolated now, lowest
+        """Write one CSV row per training sample ever flagged (``flag_count > 0``) or isolated now, highest
         score first.
 
         Columns: ``index``, the dataset's ``ids`` when it has that attribute, ``source_index`` and
         ``source`` (the sample's position and origin in the user's data) when it has ``source_index`` and
-        ``sources``, ``score`` (running mean of the chosen shallow head), ``given``, ``recovered``,
+        ``sources``, ``score`` (the within-class z of the view the last cut used), ``given``, ``recovered``,
         ``epochs_flagged``, ``first_flagged`` (epoch), ``isolated`` (now). Reads the synced state bank only.
         """
         import csv
         import os
 
         s = self.state
-        head = max(int(s.head_choice), 0)
-        score = s.scores("running_mean")[head].cpu()  # [N]
+        score = s.scores()[max(int(s.view), 0)].nan_to_num(nan=float("-inf")).cpu()  # [N]
         index = torch.nonzero((s.flag_count > 0) | s.isolated).flatten().cpu()
-        index = index[torch.sort(score[index], stable=True).indices]
+        index = index[torch.sort(score[index], descending=True, stable=True).indices]
         loader = self.trainer.train_dataloader if self._trainer is not None else None
         dataset = getattr(loader, "dataset", None)
         ids = getattr(dataset, "ids", None)

@@ -15,46 +15,36 @@ def lga(loss: Tensor, gamma: float) -> Tensor:
 def shallow_losses(shallow_logits: Tensor, targets: Tensor) -> Tensor:
     """Per-sample cross-entropy of every shallow head on the given labels, ``[H, B]``."""
     h, b, k = shallow_logits.shape
-    # in float32: under bf16 autocast, losses below ~4e-3 round to 0 and the ranking of trapped samples ties
+    # in float32: under bf16 autocast, small losses round to 0 and the trapped samples' ranking ties
     logits = shallow_logits.float().reshape(h * b, k)
     return F.cross_entropy(logits, targets.repeat(h), reduction="none").view(h, b)
 
 
-def main_losses(
-    logits: Tensor,
-    targets: Tensor,
-    cleanse: Tensor,
-    ascend: Tensor,
-    recovered: Tensor,
-    train_recovered: Tensor,
-    ascent_ceiling: float = 5.0,
-    ascent_weight: float = 1.0,
-) -> Tensor:
+def cleansing_losses(logits: Tensor, targets: Tensor, isolated: Tensor, pseudo: Tensor, confidence: Tensor) -> Tensor:
     """Per-sample main-head loss, ``[B]``.
 
-    * trusted samples: cross-entropy on the given label (descend);
-    * cleansed samples (``cleanse``): bounded ascent ``-min(CE, ceiling)`` where ``ascend`` (no
-      gradient once the loss passes the ceiling), weight 0 otherwise;
-    * cleansed samples with ``train_recovered``: plus cross-entropy on the recovered label.
+    * trusted samples: cross-entropy on the given label;
+    * isolated samples: the complementary loss ``-log(1 - p_given)`` (NLNL, Kim et al. 2019), whose
+      gradient on the given logit is ``p_given``: strongest on a fitted poison, vanishing once it is
+      unlearned, so it needs no ceiling; plus ``confidence`` times the cross-entropy on the soft
+      pseudo-label ``pseudo`` ``[B, K]`` (which excludes the given class), as a label is recovered.
 
     Args:
         logits: main-head logits, ``[B, K]``.
         targets: given labels, ``[B]``.
-        cleanse: samples removed from normal training, bool ``[B]``.
-        ascend: cleansed samples unlearned by gradient ascent, bool ``[B]``.
-        recovered: recovered labels (-1 for none), ``[B]``.
-        train_recovered: samples trained on their recovered label, bool ``[B]``.
-        ascent_ceiling: loss above which ascent stops.
-        ascent_weight: weight of the ascent term.
+        isolated: samples removed from normal training, bool ``[B]``.
+        pseudo: soft pseudo-labels, ``[B, K]`` (rows sum to 1).
+        confidence: weight of each pseudo-label, ``[B]`` in [0, 1].
     """
-    ce = F.cross_entropy(logits, targets, reduction="none")  # [B]
-    unlearn = torch.where(ascend, -ascent_weight * ce.clamp(max=ascent_ceiling), torch.zeros_like(ce))
-    loss = torch.where(cleanse, unlearn, ce)
-    train_recovered = train_recovered & cleanse & (recovered >= 0)
-    recover_ce = F.cross_entropy(logits, recovered.clamp(min=0), reduction="none")  # [B]
-    return loss + torch.where(train_recovered, recover_ce, torch.zeros_like(recover_ce))
+    logits = logits.float()
+    log_p = logits.log_softmax(dim=1)  # [B, K]
+    ce = -log_p.gather(1, targets.unsqueeze(1)).squeeze(1)  # [B]
+    others = logits.scatter(1, targets.unsqueeze(1), float("-inf"))
+    complementary = logits.logsumexp(dim=1) - others.logsumexp(dim=1)  # -log(1 - p_given), [B]
+    recover = -(pseudo * log_p).sum(dim=1)  # [B]
+    return torch.where(isolated, complementary + confidence * recover, ce)
 
 
-def total_loss(main: Tensor, shallow: Tensor, shallow_weight: float = 1.0) -> Tensor:
-    """One scalar per step: mean main loss plus ``shallow_weight`` times the heads' mean losses."""
-    return main.mean() + shallow_weight * shallow.mean(dim=1).sum()
+def total_loss(main: Tensor, shallow: Tensor) -> Tensor:
+    """One scalar per step: mean main loss plus the shallow heads' mean losses."""
+    return main.mean() + shallow.mean(dim=1).sum()

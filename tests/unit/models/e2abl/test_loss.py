@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from e2abl_lightning.models.e2abl.loss import lga, main_losses, shallow_losses, total_loss
+from e2abl_lightning.models.e2abl.loss import cleansing_losses, lga, shallow_losses, total_loss
 
 
 def _ce(logits: list[float], label: int) -> float:
@@ -25,41 +25,37 @@ def test_shallow_losses_per_head_and_sample():
     assert torch.allclose(out, expected)
 
 
-def test_main_losses_descend_ascend_recover():
-    logits = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [-10.0, 0.0, 0.0]])
-    targets = torch.tensor([0, 0, 0, 0])
-    cleanse = torch.tensor([False, True, True, True])
-    recovered = torch.tensor([-1, 2, 1, -1])
-    train_rec = torch.tensor([False, False, True, False])
-    out = main_losses(logits, targets, cleanse, cleanse, recovered, train_rec, ascent_ceiling=5.0)
-    ce1 = _ce([1, 0, 0], 0)
+def test_cleansing_losses_trust_unlearn_and_recover():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    targets = torch.tensor([0, 0, 0])
+    isolated = torch.tensor([False, True, True])
+    pseudo = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.5, 0.5]])
+    confidence = torch.tensor([1.0, 0.0, 0.5])
+    out = cleansing_losses(logits, targets, isolated, pseudo, confidence)
+    p0 = math.exp(1) / (math.exp(1) + 2)
     expected = [
-        _ce([2, 0, 0], 0),  # trusted: descend
-        -ce1,  # cleansed: ascent
-        -ce1 + _ce([1, 0, 0], 1),  # cleansed + recovered label
-        -5.0,  # CE above the ceiling: clamped, no gradient
+        _ce([2, 0, 0], 0),  # trusted: the given label
+        -math.log(1 - p0),  # isolated, no confident label: the complementary loss alone
+        -math.log(1 - p0) + 0.5 * (0.5 * _ce([1, 0, 0], 1) + 0.5 * _ce([1, 0, 0], 2)),
     ]
     assert torch.allclose(out, torch.tensor(expected), atol=1e-6)
 
 
-def test_ascent_stops_at_ceiling():
-    logits = torch.tensor([[-10.0, 0.0]], requires_grad=True)
-    yes = torch.tensor([True])
-    out = main_losses(logits, torch.tensor([0]), yes, yes, torch.tensor([-1]), torch.tensor([False]))
+def test_complementary_gradient_on_the_given_logit_is_its_probability():
+    logits = torch.tensor([[3.0, 0.0, -1.0], [-8.0, 0.0, 0.0]], requires_grad=True)
+    yes = torch.tensor([True, True])
+    out = cleansing_losses(logits, torch.tensor([0, 0]), yes, torch.zeros(2, 3), torch.zeros(2))
     out.sum().backward()
-    assert torch.count_nonzero(logits.grad) == 0
+    p = logits.detach().softmax(dim=1)[:, 0]
+    # strongest on a fitted poison, vanishing once it is unlearned: no ceiling needed
+    torch.testing.assert_close(logits.grad[:, 0], p, atol=1e-5, rtol=1e-5)
+    assert float(logits.grad[1].abs().max()) < 1e-3
 
 
-def test_cleansed_without_ascent_has_zero_weight_and_total():
-    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
-    cleanse = torch.tensor([False, True])
-    none = torch.tensor([False, False])
-    out = main_losses(logits, torch.tensor([0, 0]), cleanse, none, torch.tensor([-1, -1]), none)
-    assert out[1] == 0
-    out[1].backward()
-    assert torch.count_nonzero(logits.grad) == 0
+def test_total_loss_adds_each_heads_mean():
+    main = torch.tensor([1.0, 3.0])
     shallow = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
-    assert torch.isclose(total_loss(out, shallow, 0.5), out.mean() + 0.5 * (2.0 + 2.0))
+    assert torch.isclose(total_loss(main, shallow), torch.tensor(2.0 + 2.0 + 2.0))
 
 
 def test_shallow_losses_keep_small_losses_apart_under_bf16():

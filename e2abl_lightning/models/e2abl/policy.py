@@ -1,0 +1,239 @@
+"""E2ABL's isolation policy: score -> test -> name -> cut -> recover, each a small pure function.
+
+Every decision rests on a statistic with a stated false-alarm rate on clean data, computed within
+one class of one run, so that nothing is an absolute number fitted to a dataset:
+
+* **score**: each view's (shallow heads, main head) per-sample margin, standardised within its class
+  by median and MAD, so a class that is merely easy does not stand out;
+* **test**: Hartigan's dip test of unimodality on each class's scores in each view. A backdoor's
+  poisons are a second population inside their target class, fitted far better (by the trap) than
+  their classmates; a clean class's scores are one population of whatever shape. A class passes at
+  ``alpha / (K * V)`` (Bonferroni over the epoch's tests) with a dip of at least ``min_share / 4``
+  (a separated bell-shaped cluster of share rho gives a dip of about rho / 4; two point masses rho / 2)
+  and its better-fitted side is the odd one:
+  a split whose worse-fitted side the main head mostly gives to other classes is ordinary confusion
+  or label noise, not a trap;
+* **name**: all-to-one: a view where two or more classes pass abstains; a class is named after two
+  consecutive passing epochs and released after two epochs in which no view sees two populations
+  in it (every p-value above 0.5);
+* **cut**: Otsu's split of the named class's scores in its most significant view; the odd side is
+  isolated, and stays isolated while the class stays named (the cut moves between epochs, and
+  missed poisons re-teach the trigger);
+* **recover**: the main head's prediction EMA without the given class, sharpened: the label an
+  isolated sample is trained towards, weighted by its confidence (see ``loss.cleansing_losses``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from e2abl_lightning.models.e2abl.dip import dip_pvalue, dip_test
+
+#: consecutive passing epochs before a class is named, and consecutive quiet epochs before it is released
+PERSISTENCE = 2
+#: a named class is released when every view's p-value for it is above this (no sign of two populations)
+RELEASE_P = 0.5
+#: a separated bell-shaped cluster of share rho inside a class gives a dip of about rho / DIP_PER_SHARE
+DIP_PER_SHARE = 4
+#: a split is ordinary confusion when at most this share of its worse-fitted side is predicted as the class
+CONFUSED = 0.5
+
+
+@dataclass(frozen=True)
+class IsolationPolicy:
+    """The policy's knobs; the defaults carry to every dataset.
+
+    Args:
+        alpha: the chance, per epoch, that a clean run names a class (split over its K x V tests).
+        min_share: the smallest share of a class worth isolating as poisoned (an attack-model bound,
+            not a fit): a second population smaller than this is never acted on.
+        warmup_epochs: epochs trained before the first decision.
+    """
+
+    alpha: float = 0.05
+    min_share: float = 0.05
+    warmup_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha={self.alpha} must be in (0, 1), e.g. 0.05")
+        if not 0.0 < self.min_share < 1.0:
+            raise ValueError(f"min_share={self.min_share} must be in (0, 1), e.g. 0.05")
+        if self.warmup_epochs < 1:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} must be at least 1")
+
+    def level(self, num_classes: int, num_views: int) -> float:
+        """The per-test significance level: Bonferroni over one epoch's tests."""
+        return self.alpha / (num_classes * num_views)
+
+
+# ---- score -----------------------------------------------------------------------------------
+def margins(logits: Tensor, given: Tensor) -> Tensor:
+    """Margin of the given class over the best other class, ``[..., B, K] -> [..., B]`` (scale-free:
+    no loss floor, no saturation)."""
+    index = given.expand(logits.shape[:-1]).unsqueeze(-1)
+    picked = logits.gather(-1, index).squeeze(-1)
+    others = logits.scatter(-1, index, float("-inf")).amax(dim=-1)
+    return picked - others
+
+
+def standardize(score: Tensor, given: Tensor, seen: Tensor, num_classes: int) -> Tensor:
+    """Robust z-score of each view's score within its class, ``[V, N]`` (NaN where not ``seen``).
+
+    ``(s - median_c) / (1.4826 * MAD_c)``: the level and spread of a class (how easy it is) divide
+    out, so what remains is how a sample sits among its classmates. A loop over K classes.
+    """
+    z = torch.full_like(score, float("nan"))
+    for c in range(num_classes):
+        members = seen & (given == c)
+        if int(members.sum()) == 0:
+            continue
+        values = score[:, members]  # [V, M]
+        median = values.median(dim=1, keepdim=True).values
+        mad = (values - median).abs().median(dim=1, keepdim=True).values * 1.4826
+        z[:, members] = (values - median) / mad.clamp(min=1e-6)
+    return z
+
+
+# ---- test ------------------------------------------------------------------------------------
+class ClassTests(NamedTuple):
+    """Per class and view: the dip, its p-value, and whether the better-fitted side is the odd one."""
+
+    dip: Tensor  # [K, V] float64
+    p: Tensor  # [K, V] float64
+    trapped: Tensor  # [K, V] bool
+
+
+def otsu_upper(values: Tensor) -> Tensor:
+    """Mask of the upper cluster of Otsu's two-cluster split of 1-D ``values`` ``[M]`` (M >= 2): the
+    split that maximises the between-cluster variance."""
+    v, order = values.double().sort()
+    m = v.shape[0]
+    csum = v.cumsum(0)
+    i = torch.arange(1, m, dtype=torch.float64, device=v.device)  # size of the lower cluster
+    low, high = csum[:-1] / i, (csum[-1] - csum[:-1]) / (m - i)
+    cut = int(torch.argmax(i * (m - i) * (low - high) ** 2)) + 1
+    upper = torch.zeros(m, dtype=torch.bool, device=values.device)
+    upper[order[cut:]] = True
+    return upper
+
+
+def odd_side(z: Tensor, confused: Tensor) -> tuple[Tensor, bool]:
+    """Split one class's scores ``z`` ``[M]``; return the odd side's mask and whether it is the upper
+    (better-fitted) side. It is the lower side when the main head gives most of that side to other
+    classes (``confused`` ``[M]``): confusion or label noise rather than a trap."""
+    upper = otsu_upper(z)
+    lower = ~upper
+    if int(lower.sum()) > 0 and float(confused[lower].float().mean()) > CONFUSED:
+        return lower, False
+    return upper, True
+
+
+def class_tests(z: Tensor, given: Tensor, confused: Tensor, num_classes: int) -> ClassTests:
+    """The dip test of every class in every view of ``z`` ``[V, N]`` (NaN: unseen). ``confused`` ``[N]``
+    marks samples the main head's EMA gives to a class other than their given one. Loops over K x V."""
+    v = z.shape[0]
+    dip = torch.zeros(num_classes, v, dtype=torch.float64)
+    p = torch.ones(num_classes, v, dtype=torch.float64)
+    trapped = torch.zeros(num_classes, v, dtype=torch.bool)
+    for c in range(num_classes):
+        members = (given == c) & torch.isfinite(z).all(dim=0)
+        if int(members.sum()) < 4:
+            continue
+        for view in range(v):
+            values = z[view, members]
+            dip[c, view], p[c, view] = dip_test(values.cpu())
+            trapped[c, view] = odd_side(values, confused[members])[1]
+    return ClassTests(dip, p, trapped)
+
+
+# ---- name ------------------------------------------------------------------------------------
+def passing(tests: ClassTests, policy: IsolationPolicy) -> Tensor:
+    """Classes with a significant, large enough, trapped second population, ``[K, V]`` bool; a view
+    in which two or more classes pass abstains (one target: all-to-one)."""
+    k, v = tests.p.shape
+    ok = (tests.p < policy.level(k, v)) & (tests.dip >= policy.min_share / DIP_PER_SHARE) & tests.trapped
+    return ok & (ok.sum(dim=0, keepdim=True) == 1)
+
+
+def candidate(tests: ClassTests, policy: IsolationPolicy) -> int:
+    """This epoch's candidate target: the passing class with the smallest p-value, or -1."""
+    ok = passing(tests, policy)
+    if not bool(ok.any()):
+        return -1
+    p = torch.where(ok, tests.p, torch.full_like(tests.p, 2.0))
+    return int(p.min(dim=1).values.argmin())
+
+
+class Naming(NamedTuple):
+    """The target's hysteresis state, carried from epoch to epoch."""
+
+    target: int  # -1: none named
+    candidate: int  # -1: none this epoch
+    streak: int  # consecutive epochs the candidate passed
+    quiet: int  # consecutive epochs the named target showed one population in every view
+
+
+def name_target(previous: Naming, tests: ClassTests, policy: IsolationPolicy) -> Naming:
+    """Name a class after ``PERSISTENCE`` passing epochs in a row; release it after as many epochs in
+    which every view's p-value for it is above ``RELEASE_P``. Re-examined every epoch."""
+    cand = candidate(tests, policy)
+    streak = previous.streak + 1 if cand >= 0 and cand == previous.candidate else int(cand >= 0)
+    target, quiet = previous.target, 0
+    if target >= 0:
+        quiet = previous.quiet + 1 if bool((tests.p[target] > RELEASE_P).all()) else 0
+        if quiet >= PERSISTENCE:
+            target, quiet = -1, 0
+    if target < 0 and cand >= 0 and streak >= PERSISTENCE:
+        target = cand
+    return Naming(target, cand, streak, quiet)
+
+
+# ---- cut -------------------------------------------------------------------------------------
+def cut(z: Tensor, given: Tensor, confused: Tensor, tests: ClassTests, target: int) -> tuple[Tensor, int]:
+    """The odd side of class ``target`` in its most significant view, ``[N]`` bool, and that view."""
+    view = int(tests.p[target].argmin())
+    members = (given == target) & torch.isfinite(z[view])
+    out = torch.zeros_like(members)
+    if int(members.sum()) >= 2:
+        out[members] = odd_side(z[view, members], confused[members])[0]
+    return out, view
+
+
+# ---- recover ---------------------------------------------------------------------------------
+def pseudo_labels(pred_ema: Tensor, given: Tensor, temperature: float = 0.5) -> tuple[Tensor, Tensor]:
+    """The label an isolated sample is trained towards: the main head's prediction EMA over the classes
+    other than the given one, sharpened at ``temperature``, ``[B, K]``, and its confidence
+    ``1 - H(q) / log(K - 1)`` ``[B]`` (1 with two classes). The given class is excluded, so a trigger
+    the main head has learned cannot teach its target back."""
+    k = pred_ema.shape[1]
+    q = pred_ema.clamp(min=1e-12).pow(1 / temperature).scatter(1, given.unsqueeze(1), 0.0)
+    q = q / q.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    if k <= 2:
+        return q, torch.ones_like(q[:, 0])
+    entropy = -(q * q.clamp(min=1e-12).log()).sum(dim=1)
+    return q, (1 - entropy / math.log(k - 1)).clamp(min=0.0, max=1.0)
+
+
+# ---- what the test can see -------------------------------------------------------------------
+def detectable_share(class_sizes: Tensor, policy: IsolationPolicy, num_views: int) -> float:
+    """The smallest share of a class (of the median size) whose well-separated second population the
+    test names: ``DIP_PER_SHARE`` times the dip the level needs at that size (the test thins to 2,000
+    values), and never below ``min_share``. 1.0 or more: too small to isolate anything reliably."""
+    sizes = class_sizes[class_sizes > 0]
+    if sizes.numel() == 0:
+        return float("inf")
+    n = min(int(sizes.float().quantile(0.5)), 2000)
+    if n < 4:
+        return float("inf")
+    level = policy.level(int(class_sizes.numel()), num_views)
+    lo, hi = 0.0, 1.0  # dip_pvalue falls as the dip grows: bisect for the critical dip
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if dip_pvalue(mid, n) >= level else (lo, mid)
+    return max(DIP_PER_SHARE * hi, policy.min_share)

@@ -1,0 +1,164 @@
+"""Each stage of the isolation policy on constructed data: it must fail when the stage is wrong."""
+
+import math
+
+import pytest
+import torch
+
+from e2abl_lightning.models.e2abl import policy as P
+from e2abl_lightning.models.e2abl.policy import ClassTests, IsolationPolicy, Naming
+
+
+# ---- score ---------------------------------------------------------------------------------------
+def test_margins_are_the_given_logit_over_the_best_other():
+    logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
+    assert P.margins(logits, torch.tensor([0, 2])).tolist() == [1.0, -4.0]
+    stacked = torch.stack([logits, logits + 7])  # [V, B, K]: shifting the logits changes nothing
+    assert P.margins(stacked, torch.tensor([0, 2])).tolist() == [[1.0, -4.0], [1.0, -4.0]]
+
+
+def test_standardize_divides_out_each_class_level_and_spread():
+    base = torch.randn(50, generator=torch.Generator().manual_seed(0))
+    given = torch.tensor([0] * 50 + [1] * 50)
+    # class 1 is easy (high, wide margins): the same shape at another level and scale
+    score = torch.cat([base, 40 + 10 * base]).unsqueeze(0)
+    z = P.standardize(score, given, torch.ones(100, dtype=torch.bool), 2)
+    torch.testing.assert_close(z[0, 50:], z[0, :50])
+    assert abs(float(z[0, :50].median())) < 1e-5
+    assert float((z[0, :50] - z[0, :50].median()).abs().median()) * 1.4826 == pytest.approx(1.0, abs=1e-4)
+    seen = torch.ones(100, dtype=torch.bool)
+    seen[3] = False
+    assert math.isnan(float(P.standardize(score, given, seen, 2)[0, 3]))
+
+
+# ---- test ----------------------------------------------------------------------------------------
+def test_otsu_upper_splits_two_clusters_in_any_order():
+    values = torch.tensor([5.0, 0.1, 5.2, 0.0, 0.2, 4.9])
+    assert P.otsu_upper(values).tolist() == [True, False, True, False, False, True]
+
+
+def test_odd_side_is_the_confused_lower_side_only_when_the_main_head_gives_it_away():
+    z = torch.tensor([0.0, 0.1, 0.2, 0.3, 5.0, 5.1])
+    side, trapped = P.odd_side(z, torch.zeros(6, dtype=torch.bool))
+    assert trapped and side.tolist() == [False] * 4 + [True] * 2
+    confused = torch.tensor([True, True, True, False, False, False])  # 3 of 4 lower samples given away
+    side, trapped = P.odd_side(z, confused)
+    assert not trapped and side.tolist() == [True] * 4 + [False] * 2
+
+
+def _class_data(poisoned: bool, n: int = 300, k: int = 4, seed: int = 0, shift: float = 8.0):
+    """Per-class robust z of k classes; with ``poisoned`` class 2 holds a well-fitted 30% cluster."""
+    g = torch.Generator().manual_seed(seed)
+    given = torch.arange(k).repeat_interleave(n)
+    score = torch.randn(2, k * n, generator=g)  # two views
+    planted = torch.zeros(k * n, dtype=torch.bool)
+    if poisoned:
+        planted[2 * n : 2 * n + int(0.3 * n)] = True
+        score[0, planted] += shift  # only the first view (the trap) sees the cluster
+    z = P.standardize(score, given, torch.ones(k * n, dtype=torch.bool), k)
+    return z, given, planted
+
+
+def test_class_tests_find_the_planted_cluster_in_its_view_only():
+    z, given, _ = _class_data(True)
+    tests = P.class_tests(z, given, torch.zeros_like(given, dtype=torch.bool), 4)
+    level = IsolationPolicy().level(4, 2)
+    assert float(tests.p[2, 0]) < level and bool(tests.trapped[2, 0])
+    assert float(tests.dip[2, 0]) > 0.3 / 6
+    others = torch.ones(4, 2, dtype=torch.bool)
+    others[2, 0] = False
+    assert bool((tests.p[others] > level).all())
+
+
+def test_unimodal_classes_pass_no_test():
+    z, given, _ = _class_data(False)
+    tests = P.class_tests(z, given, torch.zeros_like(given, dtype=torch.bool), 4)
+    assert not bool(P.passing(tests, IsolationPolicy()).any())
+    assert P.candidate(tests, IsolationPolicy()) == -1
+
+
+def _tests(p: list[list[float]], dip: float = 0.2, trapped: bool = True) -> ClassTests:
+    pt = torch.tensor(p, dtype=torch.float64)
+    return ClassTests(torch.full_like(pt, dip), pt, torch.full(pt.shape, trapped))
+
+
+def test_passing_needs_significance_effect_size_and_a_trapped_side():
+    policy = IsolationPolicy(alpha=0.05, min_share=0.1)
+    p = [[1e-6, 0.9], [0.9, 0.9]]
+    assert P.passing(_tests(p), policy).tolist() == [[True, False], [False, False]]
+    assert not bool(P.passing(_tests(p, dip=0.02), policy).any())  # a cluster under min_share
+    assert not bool(P.passing(_tests(p, trapped=False), policy).any())  # confusion, not a trap
+    assert not bool(P.passing(_tests([[0.02, 0.9], [0.9, 0.9]]), policy).any())  # 0.02 > 0.05 / 4
+
+
+def test_a_view_where_two_classes_pass_abstains():
+    p = [[1e-6, 1e-6], [1e-7, 0.9], [0.9, 0.9]]
+    ok = P.passing(_tests(p), IsolationPolicy())
+    assert ok.tolist() == [[False, True], [False, False], [False, False]]
+    assert P.candidate(_tests(p), IsolationPolicy()) == 0
+
+
+def test_naming_needs_persistence_and_releases_after_quiet_epochs():
+    policy = IsolationPolicy()
+    hit, quiet, unsure = (
+        _tests([[0.9, 0.9], [1e-6, 0.9]]),
+        _tests([[0.9, 0.9], [0.9, 0.8]]),
+        _tests([[0.9, 0.9], [0.3, 0.9]]),
+    )
+    state = Naming(-1, -1, 0, 0)
+    state = P.name_target(state, hit, policy)
+    assert (state.target, state.candidate, state.streak) == (-1, 1, 1)
+    state = P.name_target(state, hit, policy)
+    assert state.target == 1
+    state = P.name_target(state, unsure, policy)  # not significant, but not one population either: kept
+    assert (state.target, state.quiet) == (1, 0)
+    state = P.name_target(state, quiet, policy)
+    assert (state.target, state.quiet) == (1, 1)
+    state = P.name_target(state, quiet, policy)
+    assert state.target == -1
+    # a candidate that changes restarts the streak
+    other = _tests([[1e-6, 0.9], [0.9, 0.9]])
+    state = P.name_target(Naming(-1, 1, 1, 0), other, policy)
+    assert (state.target, state.candidate, state.streak) == (-1, 0, 1)
+
+
+# ---- cut -----------------------------------------------------------------------------------------
+def test_cut_isolates_the_trapped_cluster_of_the_target_in_its_best_view():
+    z, given, planted = _class_data(True)
+    confused = torch.zeros_like(given, dtype=torch.bool)
+    tests = P.class_tests(z, given, confused, 4)
+    isolated, view = P.cut(z, given, confused, tests, 2)
+    assert view == 0
+    assert isolated.tolist() == planted.tolist()
+
+
+# ---- recover -------------------------------------------------------------------------------------
+def test_pseudo_labels_exclude_the_given_class_and_weigh_by_confidence():
+    ema = torch.tensor([[0.9, 0.08, 0.02, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    q, conf = P.pseudo_labels(ema, torch.tensor([0, 0]))
+    assert q[:, 0].tolist() == [0.0, 0.0]
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(2))
+    assert int(q[0].argmax()) == 1 and float(conf[0]) > 0.5
+    assert float(conf[1]) == pytest.approx(0.0, abs=1e-6)  # uniform over the others: no confidence
+    q2, conf2 = P.pseudo_labels(torch.tensor([[0.9, 0.1]]), torch.tensor([0]))
+    assert q2.tolist() == [[0.0, 1.0]] and conf2.tolist() == [1.0]
+
+
+# ---- what the test can see -----------------------------------------------------------------------
+def test_detectable_share_shrinks_with_class_size_and_respects_the_floor():
+    policy = IsolationPolicy()
+    small = P.detectable_share(torch.tensor([10, 10]), policy, 3)
+    medium = P.detectable_share(torch.tensor([200, 200]), policy, 3)
+    large = P.detectable_share(torch.tensor([6000] * 10), policy, 3)
+    assert small > medium > large >= policy.min_share
+    assert P.detectable_share(torch.tensor([3, 2]), policy, 3) == float("inf")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"alpha": 0.0}, "alpha"), ({"min_share": 1.5}, "min_share"), ({"warmup_epochs": 0}, "warmup_epochs")],
+)
+def test_bad_policy_knobs_are_refused_in_one_line(kwargs, match):
+    with pytest.raises(ValueError, match=match) as info:
+        IsolationPolicy(**kwargs)
+    assert "\n" not in str(info.value)
