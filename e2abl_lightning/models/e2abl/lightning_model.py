@@ -68,8 +68,8 @@ class E2ABL(BackdoorClassifier):
         if policy is not None and not isinstance(policy, IsolationPolicy):
             raise ValueError(f"policy={policy!r} must be an IsolationPolicy, e.g. IsolationPolicy(alpha=0.05)")
         self.policy = policy if policy is not None else IsolationPolicy()
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "policy"])
-        self.hparams["policy"] = dataclasses.asdict(self.policy)  # plain values: loads with weights_only=True
+        policy = dataclasses.asdict(self.policy)  # saved as plain values: checkpoints load with weights_only=True
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         for p in shallow_poolings:
             _check_choice("shallow_poolings", p, ("max", "avg"))
         self.net = TwoHeadNet(
