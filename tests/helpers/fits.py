@@ -113,9 +113,7 @@ class SeparableSeries(BackdoorDataModule):
     ``target_span`` (``(start, stop)``; None: all of them); the poisons, drawn from the other classes, do
     not carry it. The target's clean members become learnable, so that the main head gives them their
     label: E2ABL's policy reads a class whose worse-fitted members the main head gives to other classes
-    as label noise, so the target of pure noise (``target_offset=0``) is never named. Measured with the
-    small FCN (BatchNorm), ``target_offset=4.0`` over all steps: the target is named at the end of epoch
-    3 and the flagged set is the 40 poisons exactly (poison seeds 0-2).
+    as label noise, so the target of pure noise (``target_offset=0``) is never named.
     """
 
     def __init__(
