@@ -105,12 +105,12 @@ class E2ABLCLI(LightningCLI):
         if trainer.limit_train_batches == 0:
             _warn("trainer.limit_train_batches=0: no training step runs; remove it or give a share above 0")
         policy = getattr(self.model, "policy", None)
-        warmup = getattr(policy, "warmup_epochs", None)
-        if warmup is not None and trainer.max_epochs is not None and 0 <= trainer.max_epochs <= warmup:
+        need = getattr(policy, "epochs_to_act", None)
+        if need is not None and trainer.max_epochs is not None and 0 <= trainer.max_epochs < need:
             _warn(
-                f"policy.warmup_epochs={warmup} is at least trainer.max_epochs={trainer.max_epochs}: E2ABL never "
-                f"takes an isolation decision, so the defense never acts; raise max_epochs above {warmup} or lower "
-                "policy.warmup_epochs"
+                f"trainer.max_epochs={trainer.max_epochs} is too few for E2ABL to act: it needs at least "
+                f"policy.warmup_epochs + 2 = {need} (warm-up, two passing decisions, one cleansing epoch), so "
+                "this run shows the model without the defense; raise max_epochs or lower policy.warmup_epochs"
             )
 
     def before_validate(self) -> None:

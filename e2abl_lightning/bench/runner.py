@@ -152,16 +152,14 @@ def run_cell(cell: Cell, out: Path) -> dict[str, Any]:
     """Fit and test one cell through the ``e2abl`` CLI machinery; returns its metrics."""
     from e2abl_lightning.callbacks import BackdoorEvalCallback
     from e2abl_lightning.cli_app import E2ABLWarning
-    from e2abl_lightning.models.e2abl.policy import PERSISTENCE
 
     cell_dir = out / "cells" / cell.name
     cli = build_cell_cli(cell, cell_dir)
-    policy = getattr(cli.model, "policy", None)  # E2ABL names a target after warm-up and two passing epochs
-    if policy is not None and cell.max_epochs < policy.warmup_epochs + PERSISTENCE:
+    policy = getattr(cli.model, "policy", None)
+    if policy is not None and cell.max_epochs < policy.epochs_to_act:
         warnings.warn(
-            f"{cell.name}: {cell.max_epochs} epochs are too few for E2ABL to act (it needs more than "
-            f"policy.warmup_epochs + {PERSISTENCE - 1} = {policy.warmup_epochs + PERSISTENCE - 1}); "
-            "this cell shows the model without the defense",
+            f"{cell.name}: {cell.max_epochs} epochs are too few for E2ABL to act (it needs at least "
+            f"policy.warmup_epochs + 2 = {policy.epochs_to_act}); this cell shows the model without the defense",
             E2ABLWarning,
             stacklevel=2,
         )

@@ -86,7 +86,7 @@ def test_fit_warns_when_the_defense_never_acts_and_ends_with_a_summary(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     argv = [*gunpoint(), "--model.init_args.policy.warmup_epochs=3", "--trainer.max_epochs=2"]
-    with pytest.warns(UserWarning, match=r"policy.warmup_epochs=3 is at least trainer.max_epochs=2: .*never acts"):
+    with pytest.warns(UserWarning, match=r"trainer.max_epochs=2 is too few for E2ABL to act: it needs at least policy.warmup_epochs \+ 2 = 5"):
         out, _ = _run([*argv, "--trainer.limit_train_batches=1"], capsys)
     assert re.search(r"e2abl fit: 2 epochs, 2 steps\n  validation: clean accuracy [\d.]+%, ASR [\d.]+%", out)
     assert "E2ABL suspected no target class" in out
@@ -237,7 +237,7 @@ def test_bench_quick_says_when_e2abl_cannot_act(warmup: int | None, acts: bool, 
     if acts:
         assert not too_few, too_few
     else:
-        expected = r"4 epochs are too few for E2ABL to act \(it needs more than policy.warmup_epochs \+ 1 = 4\); this"
+        expected = r"4 epochs are too few for E2ABL to act \(it needs at least policy.warmup_epochs \+ 2 = 5\); this"
         assert len(too_few) == 1 and re.search(expected, too_few[0]), too_few
 
 

@@ -67,6 +67,12 @@ class IsolationPolicy:
         if self.warmup_epochs < 1:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be at least 1")
 
+    @property
+    def epochs_to_act(self) -> int:
+        """The fewest epochs in which the defense can act: the warm-up, then ``PERSISTENCE`` passing
+        decisions before a class is named, then one epoch that cleanses it."""
+        return self.warmup_epochs + PERSISTENCE
+
     def level(self, num_classes: int, num_views: int) -> float:
         """The per-test significance level: Bonferroni over one epoch's tests."""
         return self.alpha / (num_classes * num_views)
