@@ -86,7 +86,8 @@ def test_fit_warns_when_the_defense_never_acts_and_ends_with_a_summary(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     argv = [*gunpoint(), "--model.init_args.policy.warmup_epochs=3", "--trainer.max_epochs=2"]
-    with pytest.warns(UserWarning, match=r"trainer.max_epochs=2 is too few for E2ABL to act: it needs at least policy.warmup_epochs \+ 2 = 5"):
+    expected = r"trainer.max_epochs=2 is too few for E2ABL to act: it needs at least policy.warmup_epochs \+ 2 = 5"
+    with pytest.warns(UserWarning, match=expected):
         out, _ = _run([*argv, "--trainer.limit_train_batches=1"], capsys)
     assert re.search(r"e2abl fit: 2 epochs, 2 steps\n  validation: clean accuracy [\d.]+%, ASR [\d.]+%", out)
     assert "E2ABL suspected no target class" in out

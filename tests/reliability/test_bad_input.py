@@ -213,6 +213,9 @@ CASES = [
     Case("e2abl_policy_min_share_one", _e2abl_with_policy(min_share=1.0), ValueError, r"min_share=1.0 must be in \(0, 1\), e.g. 0.05"),
     Case("e2abl_policy_min_share_negative", _e2abl_with_policy(min_share=-0.1), ValueError, r"min_share=-0.1 must be in \(0, 1\)"),
     Case("e2abl_policy_warmup_epochs", _e2abl_with_policy(warmup_epochs=0), ValueError, r"warmup_epochs=0 must be at least 1"),
+    Case("e2abl_policy_alpha_string", _e2abl_with_policy(alpha="0.05"), TypeError, r"alpha='0.05' must be a number, not str"),
+    Case("e2abl_policy_warmup_float", _e2abl_with_policy(warmup_epochs=1.5), TypeError, r"warmup_epochs=1.5 must be a number \(whole\), not float"),
+    Case("e2abl_policy_min_share_bool", _e2abl_with_policy(min_share=True), TypeError, r"min_share=True must be a number, not bool"),
     Case("e2abl_poolings", _call(E2ABL, **E2ABL_ARGS, shallow_poolings=("median",)), ValueError, r"shallow_poolings='median' is not allowed"),
     # knobs of the old isolation policy are gone: a script that still passes one is told which
     Case("e2abl_removed_isolation_ratio", _call(E2ABL, **E2ABL_ARGS, isolation_ratio=0.2), TypeError, r"unexpected keyword argument 'isolation_ratio'"),

@@ -60,6 +60,11 @@ class IsolationPolicy:
     warmup_epochs: int = 1
 
     def __post_init__(self) -> None:
+        for name in ("alpha", "min_share", "warmup_epochs"):
+            value, kind = getattr(self, name), int if name == "warmup_epochs" else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                whole = " (whole)" if kind is int else ""
+                raise TypeError(f"{name}={value!r} must be a number{whole}, not {type(value).__name__}")
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha={self.alpha} must be in (0, 1), e.g. 0.05")
         if not 0.0 < self.min_share < 1.0:
