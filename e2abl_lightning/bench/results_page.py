@@ -84,14 +84,20 @@ def record_machines(out: Path, cells: list[Cell], machine: dict[str, Any] | None
     return [{**run, "cells": [n for n in run["cells"] if n in names]} for run in runs if names & set(run["cells"])]
 
 
-def _run_line(run: dict[str, Any], cells: list[Cell]) -> str:
-    precisions = sorted({cell_precision(c) for c in cells if c.name in run["cells"]})
-    cores = f" ({run['cores']} cores)" if run.get("cores") else ""
-    gpu = f", GPU {run['gpu']}" if run.get("gpu") else ""
-    return (
-        f"- {len(run['cells'])} cells run with e2abl-lightning {run['version']} on {run['date']}: "
-        f"{run['cpu']}{cores}, {run['threads']} torch thread(s){gpu}, precision {', '.join(precisions)}"
-    )
+def _run_lines(runs: list[dict[str, Any]], cells: list[Cell]) -> list[str]:
+    """One line per distinct machine and setting, with the number of cells run on it (a suite resumed
+    on the same machine adds entries to ``machines.json`` that read the same)."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        precisions = sorted({cell_precision(c) for c in cells if c.name in run["cells"]})
+        cores = f" ({run['cores']} cores)" if run.get("cores") else ""
+        gpu = f", GPU {run['gpu']}" if run.get("gpu") else ""
+        text = (
+            f"cells run with e2abl-lightning {run['version']} on {run['date']}: "
+            f"{run['cpu']}{cores}, {run['threads']} torch thread(s){gpu}, precision {', '.join(precisions)}"
+        )
+        counts[text] = counts.get(text, 0) + len(run["cells"])
+    return [f"- {n} {text}" for text, n in counts.items()]
 
 
 def write_page(
@@ -132,7 +138,7 @@ def write_page(
             shlex.join(["e2abl-bench", *argv]),
             "```",
             "",
-            *[_run_line(run, cells) for run in runs],
+            *_run_lines(runs, cells),
             f"- stored cells: `{stored.as_posix()}` (the command reuses them and trains nothing)",
             "",
             LEGEND,

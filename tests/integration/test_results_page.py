@@ -96,7 +96,21 @@ def test_a_cell_added_later_is_recorded_with_its_own_machine(tmp_path, monkeypat
     assert [len(r["cells"]) for r in runs] == [2]
     runs = results_page.record_machines(tmp_path, cells, {**MACHINE, "cpu": "Other CPU"})
     assert [(r["cpu"], len(r["cells"])) for r in runs] == [("Test CPU", 2), ("Other CPU", 2)]
-    assert "2 cells run with e2abl-lightning 9.9.0 on 2026-01-02: Other CPU" in results_page._run_line(runs[1], cells)
+    lines = results_page._run_lines(runs, cells)
+    assert len(lines) == 2 and "- 2 cells run with e2abl-lightning 9.9.0 on 2026-01-02: Other CPU" in lines[1]
+
+
+def test_entries_of_the_same_machine_make_one_line(tmp_path, monkeypatch):
+    """A suite resumed on the same machine adds a second machines.json entry; the page counts them together."""
+    monkeypatch.chdir(tmp_path)
+    Path("mini.yaml").write_text(MINI_SUITE)
+    cells = runner.load_suite("mini.yaml")
+    results_page.record_machines(tmp_path, cells[:1], MACHINE)
+    runs = results_page.record_machines(tmp_path, cells, MACHINE)
+    assert len(runs) == 2
+    lines = results_page._run_lines(runs, cells)
+    machine = "Test CPU (2 cores), 1 torch thread(s), precision 32-true"
+    assert lines == [f"- {len(cells)} cells run with e2abl-lightning 9.9.0 on 2026-01-02: {machine}"]
 
 
 def test_cell_precision_prefers_the_last_override():
