@@ -22,6 +22,7 @@ from e2abl_lightning.callbacks import BackdoorEvalCallback, IsolationMonitor, Tr
 from e2abl_lightning.cli import check_checkpoint
 from e2abl_lightning.data.datamodules import BackdoorDataModule
 from e2abl_lightning.models.base import BackdoorClassifier
+from e2abl_lightning.models.e2abl.policy import blind_spot
 
 
 class E2ABLWarning(UserWarning):
@@ -231,12 +232,9 @@ def fit_summary(trainer: Any, model: Any, datamodule: Any) -> str:
         else:
             lines.append("  E2ABL suspected no target class (no backdoor found, or the run was too short)")
         share = float(getattr(state, "detectable", 0.0))
-        if share >= 1.0:
-            lines.append(
-                "  E2ABL could not isolate reliably: the classes are too small for its test; trained undefended"
-            )
-        elif share > 0.5:
-            lines.append(f"  E2ABL's test sees a poisoned population only above {share:.0%} of a class here")
+        message = blind_spot(share, int(state.pred_ema.shape[1])) if share > 0 else None
+        if message is not None:
+            lines.append(f"  {message}")
     isolated = getattr(model, "isolated", None)
     if state is None and isolated is not None and hasattr(isolated, "sum"):
         lines.append(f"  {type(model).__name__} isolated {int(isolated.sum())} training samples")

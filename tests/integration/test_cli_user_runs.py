@@ -95,6 +95,19 @@ def test_fit_warns_when_the_defense_never_acts_and_ends_with_a_summary(
     assert f"run directory: {run.relative_to(tmp_path)}" in out
 
 
+def test_fit_on_small_classes_says_what_the_test_cannot_see(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """GunPoint has two classes of about 25 series: a 10% poisoning is below what the class test sees,
+    and both the first decision's warning and the run summary say so."""
+    monkeypatch.chdir(tmp_path)
+    argv = [*gunpoint(), "--model.init_args.policy.warmup_epochs=1", "--trainer.max_epochs=1"]
+    expected = r"E2ABL's class test sees a poisoned population only above \d+% of a class here"
+    with pytest.warns(UserWarning, match=expected):
+        out, _ = _run(argv, capsys)
+    assert re.search(expected, out), out
+
+
 def test_fit_warns_when_no_training_step_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

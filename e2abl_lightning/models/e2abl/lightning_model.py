@@ -20,7 +20,7 @@ from e2abl_lightning.data.poison import check_training_batch
 from e2abl_lightning.models.backbones import BackboneFactory
 from e2abl_lightning.models.base import BackdoorClassifier
 from e2abl_lightning.models.e2abl.loss import cleansing_losses, shallow_losses, total_loss
-from e2abl_lightning.models.e2abl.policy import IsolationPolicy, margins, pseudo_labels
+from e2abl_lightning.models.e2abl.policy import IsolationPolicy, blind_spot, margins, pseudo_labels
 from e2abl_lightning.models.e2abl.state import IsolationState
 from e2abl_lightning.models.e2abl.torch_model import TwoHeadNet
 
@@ -179,17 +179,9 @@ class E2ABL(BackdoorClassifier):
             self.log(name, float(value), on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
 
     def _warn_if_undetectable(self) -> None:
-        share = float(self.state.detectable)
-        if share >= 1.0:
-            rank_zero_warn(
-                "E2ABL cannot isolate reliably on this training set: its classes are too small for the test "
-                "to tell a poisoned population from chance; it trains as an undefended model"
-            )
-        elif share > 0.5:
-            rank_zero_warn(
-                f"E2ABL's test finds a poisoned population only above {share:.0%} of a class on this training "
-                "set (its classes are small); smaller ones are trained on as clean"
-            )
+        message = blind_spot(float(self.state.detectable), self.num_classes)
+        if message is not None:
+            rank_zero_warn(message)
 
     # ---- after fit: every sample ever flagged or isolated, for review ---------------------------
     def on_fit_end(self) -> None:

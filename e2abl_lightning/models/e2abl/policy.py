@@ -40,6 +40,8 @@ PERSISTENCE = 2
 RELEASE_P = 0.5
 #: a separated bell-shaped cluster of share rho inside a class gives a dip of about rho / DIP_PER_SHARE
 DIP_PER_SHARE = 4
+#: the poisoning rate (share of the training set put into one class) the test should see; above it a run says so
+RATE_SEEN = 0.05
 #: a split is ordinary confusion when at most this share of its worse-fitted side is predicted as the class
 CONFUSED = 0.5
 
@@ -248,3 +250,21 @@ def detectable_share(class_sizes: Tensor, policy: IsolationPolicy, num_views: in
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if dip_pvalue(mid, n) >= level else (lo, mid)
     return max(DIP_PER_SHARE * hi, policy.min_share)
+
+
+def blind_spot(share: float, num_classes: int) -> str | None:
+    """What a warning and the run summary say when the test cannot see an ordinary poisoning: None when
+    ``RATE_SEEN`` of the training set poisoned into one class makes a share of it at least ``share``
+    (poisons added to a class of ``1/K`` of the data make a share ``s = rK / (1 + rK)`` of it)."""
+    if share >= 1.0:
+        return (
+            "E2ABL cannot isolate on this training set: its classes are too small for the class test, "
+            "so it trains as an undefended model"
+        )
+    rate = share / (num_classes * (1 - share))
+    if rate <= RATE_SEEN:
+        return None
+    return (
+        f"E2ABL's class test sees a poisoned population only above {share:.0%} of a class here (about "
+        f"{rate:.0%} of the training set poisoned into one class); a smaller poisoning trains as undefended"
+    )

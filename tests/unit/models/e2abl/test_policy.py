@@ -162,3 +162,14 @@ def test_bad_policy_knobs_are_refused_in_one_line(kwargs, match):
     with pytest.raises(ValueError, match=match) as info:
         IsolationPolicy(**kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_blind_spot_speaks_when_an_ordinary_poisoning_is_unseen():
+    """A run is told when 5% of the training set poisoned into one class is below what the test sees."""
+    assert P.blind_spot(0.063, 10) is None  # large classes: a share of 6% is a 0.7% poisoning
+    message = P.blind_spot(0.393, 2)  # two classes of ~33: the test needs a 32% poisoning
+    assert message is not None and "above 39% of a class" in message and "about 32% of the training set" in message
+    assert "\n" not in message
+    assert "trains as an undefended model" in P.blind_spot(float("inf"), 52)
+    # the boundary follows s = rK / (1 + rK): at K = 10 a 5% poisoning makes a third of the class
+    assert P.blind_spot(0.33, 10) is None and P.blind_spot(0.34, 10) is not None
