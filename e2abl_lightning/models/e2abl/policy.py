@@ -3,16 +3,19 @@
 Every decision rests on a statistic with a stated false-alarm rate on clean data, computed within
 one class of one run, so that nothing is an absolute number fitted to a dataset:
 
-* **score**: each view's (shallow heads, main head) per-sample margin, standardised within its class
-  by median and MAD, so a class that is merely easy does not stand out;
+* **score**: each head's (shallow heads, main head) per-sample margin, standardised within its class
+  by median and MAD, so a class that is merely easy does not stand out; the views tested are these
+  scores and each pair's disagreement (restandardised): a patch trigger one shallow head traps and
+  another does not, or one the main head fits while the shallow heads place the sample with other
+  classes, splits the pair's disagreement where neither score alone is bimodal;
 * **test**: Hartigan's dip test of unimodality on each class's scores in each view. A backdoor's
   poisons are a second population inside their target class, fitted far better (by the trap) than
   their classmates; a clean class's scores are one population of whatever shape. A class passes at
   ``alpha / (K * V)`` (Bonferroni over the epoch's tests) with a dip of at least ``min_share / 4``
   (a separated bell-shaped cluster of share rho gives a dip of about rho / 4; two point masses rho / 2)
   and its better-fitted side is the odd one:
-  a split whose worse-fitted side the main head mostly gives to other classes is ordinary confusion
-  or label noise, not a trap;
+  the candidate side of a split is the one the main head fits better, and a split whose other side
+  the main head mostly gives to other classes is ordinary confusion or label noise, not a trap;
 * **name**: all-to-one: a view where two or more classes pass abstains; a class is named after two
   consecutive passing epochs and released after two epochs in which no view sees two populations
   in it (every p-value above 0.5);
@@ -113,6 +116,35 @@ def standardize(score: Tensor, given: Tensor, seen: Tensor, num_classes: int) ->
     return z
 
 
+class Views(NamedTuple):
+    """What the policy tests: ``z`` ``[V', N]``, and ``fit`` ``[V', N]``, how well the view's heads fit
+    each sample, which orients a split (its better-fitted side is the candidate)."""
+
+    z: Tensor
+    fit: Tensor
+
+
+def views(z: Tensor, given: Tensor, num_classes: int) -> Views:
+    """The views tested, ``[V, N] -> [V + V (V - 1) / 2, N]``: each head's score, then each pair's
+    disagreement ``z_b - z_a`` (``a < b``), restandardised within its class. A head's view is oriented
+    by its own score; a pair's by the best score any head gives the sample (a trap is a head that fits
+    the poisons far better than their classmates, whichever heads disagree). NaN stays NaN."""
+    v = z.shape[0]
+    pairs = [(a, b) for a in range(v) for b in range(a + 1, v)]
+    if not pairs:
+        return Views(z, z)
+    diff = torch.stack([z[b] - z[a] for a, b in pairs])  # [P, N]
+    seen = torch.isfinite(diff).all(dim=0)
+    tested = torch.cat([z, standardize(diff.nan_to_num(0.0), given, seen, num_classes)])
+    best = z.amax(dim=0, keepdim=True).expand(len(pairs), -1)  # [P, N]
+    return Views(tested, torch.cat([z, best]))
+
+
+def num_tested(num_heads: int) -> int:
+    """How many views :func:`views` makes of ``num_heads`` heads (the shallow heads and the main one)."""
+    return num_heads * (num_heads + 1) // 2
+
+
 # ---- test ------------------------------------------------------------------------------------
 class ClassTests(NamedTuple):
     """Per class and view: the dip, its p-value, and whether the better-fitted side is the odd one."""
@@ -136,20 +168,25 @@ def otsu_upper(values: Tensor) -> Tensor:
     return upper
 
 
-def odd_side(z: Tensor, confused: Tensor) -> tuple[Tensor, bool]:
-    """Split one class's scores ``z`` ``[M]``; return the odd side's mask and whether it is the upper
-    (better-fitted) side. It is the lower side when the main head gives most of that side to other
-    classes (``confused`` ``[M]``): confusion or label noise rather than a trap."""
+def odd_side(z: Tensor, confused: Tensor, fit: Tensor) -> tuple[Tensor, bool]:
+    """Split one class's view ``z`` ``[M]``; return the odd side's mask and whether it is a trap.
+
+    The candidate is the side the view's heads fit better (higher mean ``fit`` ``[M]``; in a head's own
+    view, its upper side). It is the other side, and no trap, when the main head gives most of that
+    other side to other classes (``confused`` ``[M]``): confusion or label noise."""
     upper = otsu_upper(z)
+    if 0 < int(upper.sum()) < upper.numel() and float(fit[upper].mean()) < float(fit[~upper].mean()):
+        upper = ~upper
     lower = ~upper
     if int(lower.sum()) > 0 and float(confused[lower].float().mean()) > CONFUSED:
         return lower, False
     return upper, True
 
 
-def class_tests(z: Tensor, given: Tensor, confused: Tensor, num_classes: int) -> ClassTests:
-    """The dip test of every class in every view of ``z`` ``[V, N]`` (NaN: unseen). ``confused`` ``[N]``
-    marks samples the main head's EMA gives to a class other than their given one. Loops over K x V."""
+def class_tests(views: Views, given: Tensor, confused: Tensor, num_classes: int) -> ClassTests:
+    """The dip test of every class in every view (:func:`views`; NaN: unseen). ``confused`` ``[N]`` marks
+    samples the main head's EMA gives to a class other than their given one. Loops over K x V."""
+    z = views.z
     v = z.shape[0]
     dip = torch.zeros(num_classes, v, dtype=torch.float64)
     p = torch.ones(num_classes, v, dtype=torch.float64)
@@ -161,7 +198,7 @@ def class_tests(z: Tensor, given: Tensor, confused: Tensor, num_classes: int) ->
         for view in range(v):
             values = z[view, members]
             dip[c, view], p[c, view] = dip_test(values.cpu())
-            trapped[c, view] = odd_side(values, confused[members])[1]
+            trapped[c, view] = odd_side(values, confused[members], views.fit[view, members])[1]
     return ClassTests(dip, p, trapped)
 
 
@@ -208,13 +245,14 @@ def name_target(previous: Naming, tests: ClassTests, policy: IsolationPolicy) ->
 
 
 # ---- cut -------------------------------------------------------------------------------------
-def cut(z: Tensor, given: Tensor, confused: Tensor, tests: ClassTests, target: int) -> tuple[Tensor, int]:
+def cut(views: Views, given: Tensor, confused: Tensor, tests: ClassTests, target: int) -> tuple[Tensor, int]:
     """The odd side of class ``target`` in its most significant view, ``[N]`` bool, and that view."""
     view = int(tests.p[target].argmin())
-    members = (given == target) & torch.isfinite(z[view])
+    z, fit = views.z[view], views.fit[view]
+    members = (given == target) & torch.isfinite(z)
     out = torch.zeros_like(members)
     if int(members.sum()) >= 2:
-        out[members] = odd_side(z[view, members], confused[members])[0]
+        out[members] = odd_side(z[members], confused[members], fit[members])[0]
     return out, view
 
 

@@ -117,9 +117,10 @@ class IsolationState(nn.Module):
 
     # ---- at the epoch end -------------------------------------------------------------------------
     def scores(self) -> Tensor:
-        """Each view's score, ``[V, N]``: the within-class robust z of the margin, averaged over the
-        last two epochs (higher: fitted better than its classmates; NaN: never seen)."""
-        return self.score
+        """The views the policy tests, ``[V', N]`` (``policy.views``): each head's within-class robust z
+        of the margin, averaged over the last two epochs (higher: fitted better than its classmates;
+        NaN: never seen), then each pair of heads' disagreement."""
+        return P.views(self.score, self.given, self.pred_ema.shape[1]).z
 
     @torch.no_grad()
     def fold_epoch(self) -> None:
@@ -141,13 +142,14 @@ class IsolationState(nn.Module):
         self.fold_epoch()
         if epoch + 1 < policy.warmup_epochs:
             return {}
-        k, v = self.pred_ema.shape[1], self.score.shape[0]
+        k = self.pred_ema.shape[1]
+        views = P.views(self.score, self.given, k)
         valid = self.given >= 0
         if float(self.detectable) == 0.0:  # once, on the first decision: the class sizes are known now
             sizes = torch.bincount(self.given[valid], minlength=k).cpu()
-            self.detectable.fill_(min(P.detectable_share(sizes, policy, v), 1e9))
+            self.detectable.fill_(min(P.detectable_share(sizes, policy, views.z.shape[0]), 1e9))
         confused = valid & (self.pred_ema.argmax(dim=1) != self.given)  # [N]
-        tests = P.class_tests(self.score, self.given, confused, k)
+        tests = P.class_tests(views, self.given, confused, k)
         if float(self.detectable) >= 1.0:  # too small to isolate anything: train as undefended
             tests = P.ClassTests(tests.dip, torch.ones_like(tests.p), tests.trapped)
         before = int(self.suspected_target)
@@ -158,7 +160,7 @@ class IsolationState(nn.Module):
         shown = naming.target if naming.target >= 0 else naming.candidate
         self.flagged.zero_()
         if shown >= 0:
-            flagged, view = P.cut(self.score, self.given, confused, tests, shown)
+            flagged, view = P.cut(views, self.given, confused, tests, shown)
             self.flagged.copy_(flagged)
             self.view.fill_(view)
         if naming.target >= 0:

@@ -39,11 +39,18 @@ def test_otsu_upper_splits_two_clusters_in_any_order():
 
 def test_odd_side_is_the_confused_lower_side_only_when_the_main_head_gives_it_away():
     z = torch.tensor([0.0, 0.1, 0.2, 0.3, 5.0, 5.1])
-    side, trapped = P.odd_side(z, torch.zeros(6, dtype=torch.bool))
+    side, trapped = P.odd_side(z, torch.zeros(6, dtype=torch.bool), z)
     assert trapped and side.tolist() == [False] * 4 + [True] * 2
     confused = torch.tensor([True, True, True, False, False, False])  # 3 of 4 lower samples given away
-    side, trapped = P.odd_side(z, confused)
+    side, trapped = P.odd_side(z, confused, z)
     assert not trapped and side.tolist() == [True] * 4 + [False] * 2
+
+
+def test_odd_side_is_the_side_the_heads_fit_better_whichever_way_the_view_orders_it():
+    z = torch.tensor([0.0, 0.1, 0.2, 0.3, 5.0, 5.1])  # a disagreement view: the pair of samples on top...
+    fit = torch.tensor([3.0, 3.1, 2.9, 3.2, 0.0, 0.1])  # ...is the one neither head fits
+    side, trapped = P.odd_side(z, torch.zeros(6, dtype=torch.bool), fit)
+    assert trapped and side.tolist() == [True] * 4 + [False] * 2
 
 
 def _class_data(poisoned: bool, n: int = 300, k: int = 4, seed: int = 0, shift: float = 8.0):
@@ -61,7 +68,7 @@ def _class_data(poisoned: bool, n: int = 300, k: int = 4, seed: int = 0, shift: 
 
 def test_class_tests_find_the_planted_cluster_in_its_view_only():
     z, given, _ = _class_data(True)
-    tests = P.class_tests(z, given, torch.zeros_like(given, dtype=torch.bool), 4)
+    tests = P.class_tests(P.Views(z, z), given, torch.zeros_like(given, dtype=torch.bool), 4)
     level = IsolationPolicy().level(4, 2)
     assert float(tests.p[2, 0]) < level and bool(tests.trapped[2, 0])
     assert float(tests.dip[2, 0]) > 0.3 / 6
@@ -72,7 +79,7 @@ def test_class_tests_find_the_planted_cluster_in_its_view_only():
 
 def test_unimodal_classes_pass_no_test():
     z, given, _ = _class_data(False)
-    tests = P.class_tests(z, given, torch.zeros_like(given, dtype=torch.bool), 4)
+    tests = P.class_tests(P.views(z, given, 4), given, torch.zeros_like(given, dtype=torch.bool), 4)
     assert not bool(P.passing(tests, IsolationPolicy()).any())
     assert P.candidate(tests, IsolationPolicy()) == -1
 
@@ -126,10 +133,38 @@ def test_naming_needs_persistence_and_releases_after_quiet_epochs():
 def test_cut_isolates_the_trapped_cluster_of_the_target_in_its_best_view():
     z, given, planted = _class_data(True)
     confused = torch.zeros_like(given, dtype=torch.bool)
-    tests = P.class_tests(z, given, confused, 4)
-    isolated, view = P.cut(z, given, confused, tests, 2)
+    tests = P.class_tests(P.Views(z, z), given, confused, 4)
+    isolated, view = P.cut(P.Views(z, z), given, confused, tests, 2)
     assert view == 0
     assert isolated.tolist() == planted.tolist()
+
+
+def test_a_trigger_one_head_traps_and_the_other_misses_is_found_in_their_disagreement():
+    """Half of class 1 is fitted better by head 0 and worse by head 1, by 1.6 SD each, and better by
+    the main head (head 2, which has learned the trigger): no head's scores are bimodal, the
+    differences of heads 0 and 2 with head 1 are; the cut takes the half the heads fit best, in one
+    of those pairs' views."""
+    g = torch.Generator().manual_seed(3)
+    n, k = 400, 3
+    given = torch.arange(k).repeat_interleave(n)
+    common = torch.randn(k * n, generator=g)  # what every head sees: how typical a sample is
+    score = torch.stack([common + 0.5 * torch.randn(k * n, generator=g) for _ in range(3)])
+    planted = torch.zeros(k * n, dtype=torch.bool)
+    planted[n : n + n // 2] = True
+    score[:, planted] += torch.tensor([[1.6], [-1.6], [1.6]])
+    z = P.standardize(score, given, torch.ones(k * n, dtype=torch.bool), k)
+    confused = torch.zeros(k * n, dtype=torch.bool)
+    policy = IsolationPolicy()
+    assert not bool(P.passing(P.class_tests(P.Views(z, z), given, confused, k), policy).any())
+    views = P.views(z, given, k)
+    assert views.z.shape == (P.num_tested(3), k * n)
+    torch.testing.assert_close(views.z[:3], z)
+    tests = P.class_tests(views, given, confused, k)
+    ok = P.passing(tests, policy)  # class 1 only, in the views of the pairs that disagree on it
+    assert ok.nonzero().tolist() == [[1, 3], [1, 5]]
+    isolated, view = P.cut(views, given, confused, tests, 1)
+    assert view in (3, 5)
+    assert float((isolated == planted).float().mean()) > 0.95
 
 
 # ---- recover -------------------------------------------------------------------------------------
