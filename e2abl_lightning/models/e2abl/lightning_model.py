@@ -19,7 +19,7 @@ from torch import Tensor
 from e2abl_lightning.data.poison import check_training_batch
 from e2abl_lightning.models.backbones import BackboneFactory
 from e2abl_lightning.models.base import BackdoorClassifier
-from e2abl_lightning.models.e2abl.loss import cleansing_losses, shallow_losses, total_loss
+from e2abl_lightning.models.e2abl.loss import cleansing_losses, shallow_losses, total_loss, trusted_losses
 from e2abl_lightning.models.e2abl.policy import IsolationPolicy, blind_spot, margins, pseudo_labels
 from e2abl_lightning.models.e2abl.state import IsolationState
 from e2abl_lightning.models.e2abl.torch_model import TwoHeadNet
@@ -122,6 +122,8 @@ class E2ABL(BackdoorClassifier):
 
     def on_train_epoch_start(self) -> None:
         self.state.reset_accumulators()
+        # one host sync per epoch: while nothing is isolated the step is the undefended one plus the trap
+        self._isolating = bool(self.state.isolated.any())
 
     # ---- the user's data: the batch contract, checked on a fit's first batch only (no per-step sync) ----
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -144,8 +146,11 @@ class E2ABL(BackdoorClassifier):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         x, y, index = batch["input"], batch["target"], batch["index"]
         out = self.net(x)
-        pseudo, confidence = pseudo_labels(self.state.pred_ema[index], y)
-        per_main = cleansing_losses(out.main, y, self.state.isolated[index], pseudo, confidence)  # [B]
+        if getattr(self, "_isolating", True):
+            pseudo, confidence = pseudo_labels(self.state.pred_ema[index], y)
+            per_main = cleansing_losses(out.main, y, self.state.isolated[index], pseudo, confidence)  # [B]
+        else:
+            per_main = trusted_losses(out.main, y)  # [B], what cleansing_losses gives a trusted sample
         loss = total_loss(per_main, shallow_losses(out.shallow, y))
         with torch.no_grad():
             logits = torch.cat([out.shallow.float(), out.main.float().unsqueeze(0)])  # [V, B, K]

@@ -20,6 +20,13 @@ def shallow_losses(shallow_logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits, targets.repeat(h), reduction="none").view(h, b)
 
 
+def trusted_losses(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-sample cross-entropy of the main head on the given labels, ``[B]``: what
+    :func:`cleansing_losses` gives every sample that is not isolated (the step skips the rest while
+    nothing is)."""
+    return -logits.float().log_softmax(dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
 def cleansing_losses(logits: Tensor, targets: Tensor, isolated: Tensor, pseudo: Tensor, confidence: Tensor) -> Tensor:
     """Per-sample main-head loss, ``[B]``.
 
@@ -38,7 +45,7 @@ def cleansing_losses(logits: Tensor, targets: Tensor, isolated: Tensor, pseudo: 
     """
     logits = logits.float()
     log_p = logits.log_softmax(dim=1)  # [B, K]
-    ce = -log_p.gather(1, targets.unsqueeze(1)).squeeze(1)  # [B]
+    ce = trusted_losses(logits, targets)  # [B]
     others = logits.scatter(1, targets.unsqueeze(1), float("-inf"))
     complementary = logits.logsumexp(dim=1) - others.logsumexp(dim=1)  # -log(1 - p_given), [B]
     recover = -(pseudo * log_p).sum(dim=1)  # [B]

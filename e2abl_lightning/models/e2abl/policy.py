@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -183,22 +184,27 @@ def odd_side(z: Tensor, confused: Tensor, fit: Tensor) -> tuple[Tensor, bool]:
     return upper, True
 
 
-def class_tests(views: Views, given: Tensor, confused: Tensor, num_classes: int) -> ClassTests:
+def class_tests(views: Views, given: Tensor, confused: Tensor, num_classes: int, level: float = 1.0) -> ClassTests:
     """The dip test of every class in every view (:func:`views`; NaN: unseen). ``confused`` ``[N]`` marks
-    samples the main head's EMA gives to a class other than their given one. Loops over K x V."""
-    z = views.z
+    samples the main head's EMA gives to a class other than their given one. A split's side is judged
+    only where ``p < level`` (elsewhere the class cannot pass). Loops over K x V, on the host."""
+    z = views.z.detach().cpu().double()
     v = z.shape[0]
     dip = torch.zeros(num_classes, v, dtype=torch.float64)
     p = torch.ones(num_classes, v, dtype=torch.float64)
     trapped = torch.zeros(num_classes, v, dtype=torch.bool)
+    finite = torch.isfinite(z).all(dim=0).numpy()
+    values, labels = z.numpy(), given.cpu().numpy()
     for c in range(num_classes):
-        members = (given == c) & torch.isfinite(z).all(dim=0)
-        if int(members.sum()) < 4:
+        members = np.flatnonzero((labels == c) & finite)
+        if len(members) < 4:
             continue
         for view in range(v):
-            values = z[view, members]
-            dip[c, view], p[c, view] = dip_test(values.cpu())
-            trapped[c, view] = odd_side(values, confused[members], views.fit[view, members])[1]
+            dip[c, view], p[c, view] = dip_test(values[view, members])
+            if p[c, view] < level:
+                index = torch.from_numpy(members)
+                fit = views.fit[view].detach().cpu()[index]
+                trapped[c, view] = odd_side(z[view, index], confused.cpu()[index], fit)[1]
     return ClassTests(dip, p, trapped)
 
 

@@ -149,7 +149,7 @@ class IsolationState(nn.Module):
             sizes = torch.bincount(self.given[valid], minlength=k).cpu()
             self.detectable.fill_(min(P.detectable_share(sizes, policy, views.z.shape[0]), 1e9))
         confused = valid & (self.pred_ema.argmax(dim=1) != self.given)  # [N]
-        tests = P.class_tests(views, self.given, confused, k)
+        tests = P.class_tests(views, self.given, confused, k, policy.level(k, views.z.shape[0]))
         if float(self.detectable) >= 1.0:  # too small to isolate anything: train as undefended
             tests = P.ClassTests(tests.dip, torch.ones_like(tests.p), tests.trapped)
         before = int(self.suspected_target)

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from e2abl_lightning.models.e2abl.loss import cleansing_losses, lga, shallow_losses, total_loss
+from e2abl_lightning.models.e2abl.loss import cleansing_losses, lga, shallow_losses, total_loss, trusted_losses
 
 
 def _ce(logits: list[float], label: int) -> float:
@@ -65,3 +65,16 @@ def test_shallow_losses_keep_small_losses_apart_under_bf16():
     loss = shallow_losses(logits, torch.zeros(3, dtype=torch.long))  # [1, 3]
     assert loss.dtype == torch.float32
     assert (loss > 0).all() and loss[0, 0] > loss[0, 1] > loss[0, 2]
+
+
+def test_trusted_losses_are_what_cleansing_gives_samples_that_are_not_isolated():
+    """The step skips the cleansing terms while nothing is isolated: same values, same gradients."""
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    targets = torch.tensor([0, 1, 2, 3, 0, 1])
+    pseudo = torch.full((6, 4), 0.25)
+    full = cleansing_losses(logits, targets, torch.zeros(6, dtype=torch.bool), pseudo, torch.ones(6))
+    (grad_full,) = torch.autograd.grad(full.sum(), logits)
+    short = trusted_losses(logits, targets)
+    (grad_short,) = torch.autograd.grad(short.sum(), logits)
+    assert torch.equal(full, short) and torch.equal(grad_full, grad_short)
+    torch.testing.assert_close(short, torch.nn.functional.cross_entropy(logits, targets, reduction="none"))

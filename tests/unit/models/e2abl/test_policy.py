@@ -208,3 +208,12 @@ def test_blind_spot_speaks_when_an_ordinary_poisoning_is_unseen():
     assert "trains as an undefended model" in P.blind_spot(float("inf"), 52)
     # the boundary follows s = rK / (1 + rK): at K = 10 a 5% poisoning makes a third of the class
     assert P.blind_spot(0.33, 10) is None and P.blind_spot(0.34, 10) is not None
+
+
+def test_a_split_is_judged_only_where_the_class_could_pass():
+    z, given, _ = _class_data(True)
+    confused = torch.zeros_like(given, dtype=torch.bool)
+    full = P.class_tests(P.Views(z, z), given, confused, 4)
+    strict = P.class_tests(P.Views(z, z), given, confused, 4, level=1e-300)
+    assert torch.equal(full.p, strict.p) and torch.equal(full.dip, strict.dip)
+    assert bool(full.trapped[2, 0]) and not bool(strict.trapped.any())
