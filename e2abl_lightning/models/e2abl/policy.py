@@ -141,6 +141,12 @@ def views(z: Tensor, given: Tensor, num_classes: int) -> Views:
     return Views(tested, torch.cat([z, best]))
 
 
+def view_names(heads: list[str]) -> list[str]:
+    """Readable names of the views :func:`views` makes of heads named ``heads`` (the main head last)."""
+    pairs = [f"{heads[b]} minus {heads[a]}" for a in range(len(heads)) for b in range(a + 1, len(heads))]
+    return [*heads, *pairs]
+
+
 def num_tested(num_heads: int) -> int:
     """How many views :func:`views` makes of ``num_heads`` heads (the shallow heads and the main one)."""
     return num_heads * (num_heads + 1) // 2

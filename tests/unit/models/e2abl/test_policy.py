@@ -158,6 +158,8 @@ def test_a_trigger_one_head_traps_and_the_other_misses_is_found_in_their_disagre
     assert not bool(P.passing(P.class_tests(P.Views(z, z), given, confused, k), policy).any())
     views = P.views(z, given, k)
     assert views.z.shape == (P.num_tested(3), k * n)
+    names = P.view_names(["max", "avg", "main"])
+    assert len(names) == P.num_tested(3) and names[3] == "avg minus max" and names[5] == "main minus avg"
     torch.testing.assert_close(views.z[:3], z)
     tests = P.class_tests(views, given, confused, k)
     ok = P.passing(tests, policy)  # class 1 only, in the views of the pairs that disagree on it
