@@ -14,8 +14,9 @@ one class of one run, so that nothing is an absolute number fitted to a dataset:
   ``alpha / (K * V)`` (Bonferroni over the epoch's tests) with a dip of at least ``min_share / 4``
   (a separated bell-shaped cluster of share rho gives a dip of about rho / 4; two point masses rho / 2)
   and its better-fitted side is the odd one:
-  the candidate side of a split is the one the main head fits better, and a split whose other side
-  the main head mostly gives to other classes is ordinary confusion or label noise, not a trap;
+  the candidate side of a split is the better-fitted one (in a pair's view, the side some head fits
+  better), and a split whose other side the main head mostly gives to other classes is ordinary
+  confusion or label noise, not a trap;
 * **name**: all-to-one: a view where two or more classes pass abstains; a class is named after two
   consecutive passing epochs and released after two epochs in which no view sees two populations
   in it (every p-value above 0.5);
@@ -130,8 +131,7 @@ def views(z: Tensor, given: Tensor, num_classes: int) -> Views:
     disagreement ``z_b - z_a`` (``a < b``), restandardised within its class. A head's view is oriented
     by its own score; a pair's by the best score any head gives the sample (a trap is a head that fits
     the poisons far better than their classmates, whichever heads disagree). NaN stays NaN."""
-    v = z.shape[0]
-    pairs = [(a, b) for a in range(v) for b in range(a + 1, v)]
+    pairs = _pairs(z.shape[0])
     if not pairs:
         return Views(z, z)
     diff = torch.stack([z[b] - z[a] for a, b in pairs])  # [P, N]
@@ -141,15 +141,19 @@ def views(z: Tensor, given: Tensor, num_classes: int) -> Views:
     return Views(tested, torch.cat([z, best]))
 
 
+def _pairs(num_heads: int) -> list[tuple[int, int]]:
+    """The pairs of heads whose disagreement is a view, in the order :func:`views` stacks them."""
+    return [(a, b) for a in range(num_heads) for b in range(a + 1, num_heads)]
+
+
 def view_names(heads: list[str]) -> list[str]:
     """Readable names of the views :func:`views` makes of heads named ``heads`` (the main head last)."""
-    pairs = [f"{heads[b]} minus {heads[a]}" for a in range(len(heads)) for b in range(a + 1, len(heads))]
-    return [*heads, *pairs]
+    return [*heads, *(f"{heads[b]} minus {heads[a]}" for a, b in _pairs(len(heads)))]
 
 
 def num_tested(num_heads: int) -> int:
     """How many views :func:`views` makes of ``num_heads`` heads (the shallow heads and the main one)."""
-    return num_heads * (num_heads + 1) // 2
+    return num_heads + len(_pairs(num_heads))
 
 
 # ---- test ------------------------------------------------------------------------------------
@@ -201,6 +205,7 @@ def class_tests(views: Views, given: Tensor, confused: Tensor, num_classes: int,
     trapped = torch.zeros(num_classes, v, dtype=torch.bool)
     finite = torch.isfinite(z).all(dim=0).numpy()
     values, labels = z.numpy(), given.cpu().numpy()
+    fits, confused = views.fit.detach().cpu(), confused.cpu()
     for c in range(num_classes):
         members = np.flatnonzero((labels == c) & finite)
         if len(members) < 4:
@@ -209,8 +214,7 @@ def class_tests(views: Views, given: Tensor, confused: Tensor, num_classes: int,
             dip[c, view], p[c, view] = dip_test(values[view, members])
             if p[c, view] < level:
                 index = torch.from_numpy(members)
-                fit = views.fit[view].detach().cpu()[index]
-                trapped[c, view] = odd_side(z[view, index], confused.cpu()[index], fit)[1]
+                trapped[c, view] = odd_side(z[view, index], confused[index], fits[view, index])[1]
     return ClassTests(dip, p, trapped)
 
 
