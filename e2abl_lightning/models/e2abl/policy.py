@@ -18,11 +18,14 @@ one class of one run, so that nothing is an absolute number fitted to a dataset:
   better), and a split whose other side the main head mostly gives to other classes is ordinary
   confusion or label noise, not a trap;
 * **name**: all-to-one: a view where two or more classes pass abstains; a class is named after two
-  consecutive passing epochs and released after two epochs in which no view sees two populations
-  in it (every p-value above 0.5);
-* **cut**: Otsu's split of the named class's scores in its most significant view; the odd side is
-  isolated, and stays isolated while the class stays named (the cut moves between epochs, and
-  missed poisons re-teach the trigger);
+  consecutive epochs as the best-supported passing class (replacing a class named before it) and
+  released after two epochs in which no view sees two populations in it (every p-value above 0.5);
+* **cut**: Otsu's split of the named class's scores in its most significant view among those where
+  it passes; the odd side is isolated, and stays isolated while the class stays named (the cut moves
+  between epochs, and missed poisons re-teach the trigger). Once the class is being cleansed, only
+  views that do not read the main head may cut: the cleansing trains the main head against the
+  isolated samples, so its scores measure the defense, not the data; where the class passes in no
+  such view, nothing is added;
 * **recover**: the main head's prediction EMA without the given class, sharpened: the label an
   isolated sample is trained towards, weighted by its confidence (see ``loss.cleansing_losses``).
 """
@@ -246,8 +249,9 @@ class Naming(NamedTuple):
 
 
 def name_target(previous: Naming, tests: ClassTests, policy: IsolationPolicy) -> Naming:
-    """Name a class after ``PERSISTENCE`` passing epochs in a row; release it after as many epochs in
-    which every view's p-value for it is above ``RELEASE_P``. Re-examined every epoch."""
+    """Name a class after ``PERSISTENCE`` passing epochs in a row as the candidate, whether or not
+    another class is named (the better-supported class replaces it); release a named class after as
+    many epochs in which every view's p-value for it is above ``RELEASE_P``. Re-examined every epoch."""
     cand = candidate(tests, policy)
     streak = previous.streak + 1 if cand >= 0 and cand == previous.candidate else int(cand >= 0)
     target, quiet = previous.target, 0
@@ -255,21 +259,32 @@ def name_target(previous: Naming, tests: ClassTests, policy: IsolationPolicy) ->
         quiet = previous.quiet + 1 if bool((tests.p[target] > RELEASE_P).all()) else 0
         if quiet >= PERSISTENCE:
             target, quiet = -1, 0
-    if target < 0 and cand >= 0 and streak >= PERSISTENCE:
-        target = cand
+    if cand >= 0 and cand != target and streak >= PERSISTENCE:
+        target, quiet = cand, 0
     return Naming(target, cand, streak, quiet)
 
 
 # ---- cut -------------------------------------------------------------------------------------
-def cut(views: Views, given: Tensor, confused: Tensor, tests: ClassTests, target: int) -> tuple[Tensor, int]:
-    """The odd side of class ``target`` in its most significant view, ``[N]`` bool, and that view."""
-    view = int(tests.p[target].argmin())
+def cut(views: Views, given: Tensor, confused: Tensor, tests: ClassTests, target: int, usable: Tensor) -> tuple[Tensor, int]:
+    """The odd side of class ``target`` in its most significant ``usable`` view (``[V']`` bool), ``[N]``
+    bool, and that view; nothing and -1 where no view is usable."""
+    if not bool(usable.any()):
+        return torch.zeros_like(given, dtype=torch.bool), -1
+    view = int(torch.where(usable, tests.p[target], torch.full_like(tests.p[target], 2.0)).argmin())
     z, fit = views.z[view], views.fit[view]
     members = (given == target) & torch.isfinite(z)
     out = torch.zeros_like(members)
     if int(members.sum()) >= 2:
         out[members] = odd_side(z[members], confused[members], fit[members])[0]
     return out, view
+
+
+def witnesses(num_heads: int) -> Tensor:
+    """The views that do not read the main head, ``[V']`` bool (in :func:`views`' order, the main head
+    last): once a class is being cleansed, the main head is trained against its isolated samples, so a
+    view that reads it measures the cleansing, not the data, and only these views may cut."""
+    main = num_heads - 1
+    return torch.tensor([h != main for h in range(num_heads)] + [b != main for _, b in _pairs(num_heads)])
 
 
 # ---- recover ---------------------------------------------------------------------------------

@@ -160,9 +160,13 @@ class IsolationState(nn.Module):
         shown = naming.target if naming.target >= 0 else naming.candidate
         self.flagged.zero_()
         if shown >= 0:
-            flagged, view = P.cut(views, self.given, confused, tests, shown)
+            usable = P.passing(tests, policy)[shown]
+            if naming.target == before >= 0:  # being cleansed since an earlier epoch
+                usable &= P.witnesses(self.score.shape[0])
+            flagged, view = P.cut(views, self.given, confused, tests, shown, usable)
             self.flagged.copy_(flagged)
-            self.view.fill_(view)
+            if view >= 0:
+                self.view.fill_(view)
         if naming.target >= 0:
             self.isolated |= self.flagged
         self._record(epoch)

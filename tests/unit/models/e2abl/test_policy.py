@@ -129,14 +129,35 @@ def test_naming_needs_persistence_and_releases_after_quiet_epochs():
     assert (state.target, state.candidate, state.streak) == (-1, 0, 1)
 
 
+def test_a_named_class_is_replaced_by_a_class_that_passes_for_as_many_epochs():
+    policy = IsolationPolicy()
+    other = _tests([[1e-6, 0.9], [0.3, 0.9]])  # class 0 passes; the named class 1 is not quiet
+    state = P.name_target(Naming(1, 1, 5, 0), other, policy)
+    assert (state.target, state.candidate, state.streak) == (1, 0, 1)
+    state = P.name_target(state, other, policy)
+    assert (state.target, state.candidate, state.streak, state.quiet) == (0, 0, 2, 0)
+
+
 # ---- cut -----------------------------------------------------------------------------------------
 def test_cut_isolates_the_trapped_cluster_of_the_target_in_its_best_view():
     z, given, planted = _class_data(True)
     confused = torch.zeros_like(given, dtype=torch.bool)
     tests = P.class_tests(P.Views(z, z), given, confused, 4)
-    isolated, view = P.cut(P.Views(z, z), given, confused, tests, 2)
+    usable = P.passing(tests, IsolationPolicy())[2]
+    isolated, view = P.cut(P.Views(z, z), given, confused, tests, 2, usable)
     assert view == 0
     assert isolated.tolist() == planted.tolist()
+    # a view that may not cut is passed over; with none, nothing is cut
+    isolated, view = P.cut(P.Views(z, z), given, confused, tests, 2, torch.tensor([False, True]))
+    assert view == 1 and isolated.tolist() != planted.tolist()
+    isolated, view = P.cut(P.Views(z, z), given, confused, tests, 2, torch.zeros(2, dtype=torch.bool))
+    assert view == -1 and not bool(isolated.any())
+
+
+def test_witnesses_are_the_views_that_do_not_read_the_main_head():
+    names = P.view_names(["max", "avg", "main"])
+    assert [n for n, w in zip(names, P.witnesses(3).tolist()) if w] == ["max", "avg", "avg minus max"]
+    assert P.witnesses(2).tolist() == [True, False, False]
 
 
 def test_a_trigger_one_head_traps_and_the_other_misses_is_found_in_their_disagreement():
@@ -164,7 +185,7 @@ def test_a_trigger_one_head_traps_and_the_other_misses_is_found_in_their_disagre
     tests = P.class_tests(views, given, confused, k)
     ok = P.passing(tests, policy)  # class 1 only, in the views of the pairs that disagree on it
     assert ok.nonzero().tolist() == [[1, 3], [1, 5]]
-    isolated, view = P.cut(views, given, confused, tests, 1)
+    isolated, view = P.cut(views, given, confused, tests, 1, ok[1])
     assert view in (3, 5)
     assert float((isolated == planted).float().mean()) > 0.95
 

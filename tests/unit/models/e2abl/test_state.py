@@ -103,6 +103,22 @@ def test_a_released_target_clears_its_isolated_set():
     assert int(state.suspected_target) == -1 and not bool(state.isolated.any())
 
 
+def test_a_class_being_cleansed_is_cut_only_in_views_that_do_not_read_the_main_head():
+    """After the poisons are isolated, the trap no longer splits class 0 but the main head does (its
+    fitted half are clean members): that split is the cleansing's own effect and adds nothing."""
+    (state,) = _run(False, epochs=3)
+    assert int(state.suspected_target) == 0 and torch.equal(state.isolated, POISONED)
+    given, margin, probs = _epoch_data(3, poisoned=True, shift=0.0)
+    clean_half = (given == 0) & ~POISONED & (torch.arange(N) % 8 == 0)
+    margin[2, clean_half] += 8.0  # the main head (the last view) fits half of the clean members better
+    state.reset_accumulators()
+    state.accumulate(torch.arange(N), margin, probs, given)
+    state.last_z.fill_(float("nan"))  # score on this epoch alone
+    state.decide(3, IsolationPolicy())
+    assert int(state.suspected_target) == 0
+    assert not bool(state.flagged.any()) and torch.equal(state.isolated, POISONED)
+
+
 def test_classes_too_small_to_test_train_as_undefended():
     state = IsolationState(6, 2, V)
     g = torch.Generator().manual_seed(0)
