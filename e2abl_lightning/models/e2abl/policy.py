@@ -265,7 +265,9 @@ def name_target(previous: Naming, tests: ClassTests, policy: IsolationPolicy) ->
 
 
 # ---- cut -------------------------------------------------------------------------------------
-def cut(views: Views, given: Tensor, confused: Tensor, tests: ClassTests, target: int, usable: Tensor) -> tuple[Tensor, int]:
+def cut(
+    views: Views, given: Tensor, confused: Tensor, tests: ClassTests, target: int, usable: Tensor
+) -> tuple[Tensor, int]:
     """The odd side of class ``target`` in its most significant ``usable`` view (``[V']`` bool), ``[N]``
     bool, and that view; nothing and -1 where no view is usable."""
     if not bool(usable.any()):

@@ -156,7 +156,7 @@ def test_cut_isolates_the_trapped_cluster_of_the_target_in_its_best_view():
 
 def test_witnesses_are_the_views_that_do_not_read_the_main_head():
     names = P.view_names(["max", "avg", "main"])
-    assert [n for n, w in zip(names, P.witnesses(3).tolist()) if w] == ["max", "avg", "avg minus max"]
+    assert [n for n, w in zip(names, P.witnesses(3).tolist(), strict=True) if w] == ["max", "avg", "avg minus max"]
     assert P.witnesses(2).tolist() == [True, False, False]
 
 
