@@ -272,7 +272,7 @@ def cut(
     bool, and that view; nothing and -1 where no view is usable."""
     if not bool(usable.any()):
         return torch.zeros_like(given, dtype=torch.bool), -1
-    view = int(torch.where(usable, tests.p[target], torch.full_like(tests.p[target], 2.0)).argmin())
+    view = int(tests.p[target].masked_fill(~usable, 2.0).argmin())
     z, fit = views.z[view], views.fit[view]
     members = (given == target) & torch.isfinite(z)
     out = torch.zeros_like(members)
