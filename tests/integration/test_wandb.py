@@ -123,7 +123,7 @@ def test_wandb_offline_run_holds_metrics_config_and_media(in_tmp_dir: Path, wand
     assert full["model"]["class_path"] == "e2abl_lightning.models.e2abl.E2ABL"
     assert full["data"]["init_args"]["dataset"] == "GunPoint" and full["trainer"]["max_epochs"] == 3
     # the model's hyperparameters, from Lightning: the isolation policy as one dict
-    assert json.loads(config["policy"]) == {"alpha": 0.05, "min_share": 0.05, "warmup_epochs": 2}
+    assert json.loads(config["policy"]) == {"alpha": 0.2, "min_share": 0.05, "warmup_epochs": 2}
 
     csv_run = Path(cli.trainer.log_dir)  # the CSVLogger's run: metrics, suspects, the same pictures
     assert (csv_run / "metrics.csv").is_file() and (csv_run / "suspects.csv").is_file()

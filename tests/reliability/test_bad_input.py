@@ -207,8 +207,8 @@ CASES = [
     # models
     Case("shallow_layer_unknown", _call(E2ABL, **E2ABL_ARGS, shallow_layer="net.convblock9"), ValueError, r"shallow_layer='net.convblock9' is not a submodule of FCN; e.g. \["),
     Case("e2abl_num_classes_one", _call(E2ABL, SMALL_FCN, 1, (1, 150)), ValueError, r"num_classes=1 must be at least 2"),
-    Case("e2abl_policy_alpha_above_one", _e2abl_with_policy(alpha=1.5), ValueError, r"alpha=1.5 must be in \(0, 1\), e.g. 0.05"),
-    Case("e2abl_policy_alpha_zero", _e2abl_with_policy(alpha=0.0), ValueError, r"alpha=0.0 must be in \(0, 1\), e.g. 0.05"),
+    Case("e2abl_policy_alpha_above_one", _e2abl_with_policy(alpha=1.5), ValueError, r"alpha=1.5 must be in \(0, 1\), e.g. 0.2"),
+    Case("e2abl_policy_alpha_zero", _e2abl_with_policy(alpha=0.0), ValueError, r"alpha=0.0 must be in \(0, 1\), e.g. 0.2"),
     Case("e2abl_policy_alpha_nan", _e2abl_with_policy(alpha=float("nan")), ValueError, r"alpha=nan must be in \(0, 1\)"),
     Case("e2abl_policy_min_share_one", _e2abl_with_policy(min_share=1.0), ValueError, r"min_share=1.0 must be in \(0, 1\), e.g. 0.05"),
     Case("e2abl_policy_min_share_negative", _e2abl_with_policy(min_share=-0.1), ValueError, r"min_share=-0.1 must be in \(0, 1\)"),

@@ -189,8 +189,8 @@ CLI_CASES = [
     Case("ucr_test_label_unseen", ucr(lambda: _good_rows(40), lambda: _good_rows(10, labels=("a", "c"))), r"Toy: test labels \['c'\] never appear in the training split"),
     Case("ucr_empty_row", ucr(lambda: _with(_good_rows(40), 2, "a")), r"line 3 has 1 columns but line 1 has 25"),
     # model arguments
-    Case("policy_alpha_above_one", args("--model.init_args.policy.alpha=1.5"), r"alpha=1.5 must be in \(0, 1\), e.g. 0.05"),
-    Case("policy_alpha_zero", args("--model.init_args.policy.alpha=0"), r"alpha=0(\.0)? must be in \(0, 1\), e.g. 0.05"),
+    Case("policy_alpha_above_one", args("--model.init_args.policy.alpha=1.5"), r"alpha=1.5 must be in \(0, 1\), e.g. 0.2"),
+    Case("policy_alpha_zero", args("--model.init_args.policy.alpha=0"), r"alpha=0(\.0)? must be in \(0, 1\), e.g. 0.2"),
     Case("policy_alpha_not_a_number", args("--model.init_args.policy.alpha=low"), r"policy.alpha \(IsolationPolicy\): Expected a float. Got value: low"),
     Case("policy_min_share_one", args("--model.init_args.policy.min_share=1.0"), r"min_share=1.0 must be in \(0, 1\), e.g. 0.05"),
     Case("policy_min_share_negative", args("--model.init_args.policy.min_share=-0.1"), r"min_share=-0.1 must be in \(0, 1\)"),

@@ -66,7 +66,7 @@ class E2ABL(BackdoorClassifier):
         if isinstance(policy, dict):  # as stored in a checkpoint's hyperparameters
             policy = IsolationPolicy(**policy)
         if policy is not None and not isinstance(policy, IsolationPolicy):
-            raise ValueError(f"policy={policy!r} must be an IsolationPolicy, e.g. IsolationPolicy(alpha=0.05)")
+            raise ValueError(f"policy={policy!r} must be an IsolationPolicy, e.g. IsolationPolicy(alpha=0.2)")
         self.policy = policy if policy is not None else IsolationPolicy()
         policy = dataclasses.asdict(self.policy)  # saved as plain values: checkpoints load with weights_only=True
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])

@@ -65,7 +65,7 @@ class IsolationPolicy:
         warmup_epochs: epochs trained before the first decision.
     """
 
-    alpha: float = 0.05
+    alpha: float = 0.2
     min_share: float = 0.05
     warmup_epochs: int = 1
 
@@ -76,7 +76,7 @@ class IsolationPolicy:
                 whole = " (whole)" if kind is int else ""
                 raise TypeError(f"{name}={value!r} must be a number{whole}, not {type(value).__name__}")
         if not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"alpha={self.alpha} must be in (0, 1), e.g. 0.05")
+            raise ValueError(f"alpha={self.alpha} must be in (0, 1), e.g. 0.2")
         if not 0.0 < self.min_share < 1.0:
             raise ValueError(f"min_share={self.min_share} must be in (0, 1), e.g. 0.05")
         if self.warmup_epochs < 1:

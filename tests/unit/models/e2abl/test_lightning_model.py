@@ -119,7 +119,7 @@ def test_knobs_of_the_old_policy_are_refused_by_name(removed):
 
 def test_default_policy():
     model = E2ABL(SMALL_FCN, 2, (1, 64))
-    assert model.policy == IsolationPolicy() == IsolationPolicy(alpha=0.05, min_share=0.05, warmup_epochs=1)
+    assert model.policy == IsolationPolicy() == IsolationPolicy(alpha=0.2, min_share=0.05, warmup_epochs=1)
 
 
 class _Shifted(_Blind):
