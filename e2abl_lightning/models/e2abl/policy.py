@@ -59,7 +59,8 @@ class IsolationPolicy:
     """The policy's knobs; the defaults carry to every dataset.
 
     Args:
-        alpha: the chance, per epoch, that a clean run names a class (split over its K x V tests).
+        alpha: bound on the chance that a clean epoch passes any class (split over its K x V tests);
+            naming a class takes two passing epochs in a row.
         min_share: the smallest share of a class worth isolating as poisoned (an attack-model bound,
             not a fit): a second population smaller than this is never acted on.
         warmup_epochs: epochs trained before the first decision.
