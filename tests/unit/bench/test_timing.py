@@ -55,15 +55,50 @@ def test_measure_in_subprocess_reads_the_child_result_and_reports_a_failure(monk
 def test_child_prints_one_marked_result(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     seen = []
 
-    def fake_fit(setting: str, defense: str, epochs: int | None, out: object) -> dict[str, float]:
-        seen.append((setting, defense, epochs))
+    def fake_fit(setting: str, defense: str, epochs: int | None, out: object, profile: bool) -> dict[str, float]:
+        seen.append((setting, defense, epochs, profile))
         return {"fit_seconds": 2.0, "peak_rss_mib": 800.0, "epochs": 40.0}
 
     monkeypatch.setattr(timing, "fit_once", fake_fit)
     timing.main(["--one-fit", "fashionmnist", "no_defense", "0", "--out", "x"])
-    assert seen == [("fashionmnist", "no_defense", None)]  # 0: the suite's epochs
+    timing.main(["--one-fit", "osuleaf", "e2abl", "3", "--out", "x", "--profile"])
+    assert seen == [("fashionmnist", "no_defense", None, False), ("osuleaf", "e2abl", 3, True)]  # 0: the suite's
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(line.removeprefix(timing._MARK))["fit_seconds"] == 2.0
+
+
+def test_profile_table_ranks_actions_by_extra_time_and_derives_the_optimiser_update() -> None:
+    base = {
+        "fit_seconds": 10.0,
+        "actions": {
+            "[Strategy]S.training_step": 3.0,
+            "[Strategy]S.backward": 2.0,
+            "[LightningModule]model.optimizer_step": 6.0,
+            "[LightningModule]model.on_train_batch_end": 0.0,
+        },
+    }
+    ours = {
+        "fit_seconds": 12.5,
+        "actions": {
+            "[Strategy]S.training_step": 3.5,
+            "[Strategy]S.backward": 2.25,
+            "[LightningModule]model.optimizer_step": 7.0,
+            "[LightningModule]model.on_train_batch_end": 1.5,
+            "[Callback]New.setup": 0.1,
+        },
+    }
+    lines = timing.profile_table("jv", base, ours, 3).splitlines()
+    assert lines[0] == "jv: fit 10.0 s undefended, 12.5 s E2ABL (+2.5 s)"
+    rows = lines[4:]
+    assert rows == [
+        "| [LightningModule]model.on_train_batch_end | 0.00 | 1.50 | +1.50 |",
+        "| [LightningModule]model.optimizer_step | 6.00 | 7.00 | +1.00 |",
+        "| [Strategy]S.training_step | 3.00 | 3.50 | +0.50 |",
+    ]
+    full = timing.profile_table("jv", base, ours, 10)
+    # the update alone: 7 - 3.5 - 2.25 = 1.25 against 6 - 3 - 2 = 1
+    assert "| optimiser update (optimizer_step less its step and backward) | 1.00 | 1.25 | +0.25 |" in full
+    assert "| [Callback]New.setup | 0.00 | 0.10 | +0.10 |" in full
 
 
 def test_bad_arguments_are_refused() -> None:
@@ -73,3 +108,5 @@ def test_bad_arguments_are_refused() -> None:
         timing.main(["--settings", "cifar10"])
     with pytest.raises(SystemExit):
         timing.main(["--threads", "0"])
+    with pytest.raises(SystemExit):
+        timing.main(["--profile", "--top", "0"])
