@@ -24,7 +24,7 @@ def trusted_losses(logits: Tensor, targets: Tensor) -> Tensor:
     """Per-sample cross-entropy of the main head on the given labels, ``[B]``: what
     :func:`cleansing_losses` gives every sample that is not isolated (the step skips the rest while
     nothing is)."""
-    return -logits.float().log_softmax(dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
 def cleansing_losses(logits: Tensor, targets: Tensor, isolated: Tensor, pseudo: Tensor, confidence: Tensor) -> Tensor:
