@@ -73,10 +73,13 @@ def fit_once(setting: str, defense: str, epochs: int | None, out: Path, profile:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     import torch
 
-    epochs = epochs or cell.max_epochs
-    threads = torch.get_num_threads()
-    result = {"fit_seconds": seconds, "fit_cpu_seconds": cpu, "peak_rss_mib": peak, "epochs": epochs}
-    result["threads"] = threads
+    result = {
+        "fit_seconds": seconds,
+        "fit_cpu_seconds": cpu,
+        "peak_rss_mib": peak,
+        "epochs": epochs or cell.max_epochs,
+        "threads": torch.get_num_threads(),
+    }
     if profile:  # the model's class name out of the action names, so both fits' actions line up
         model = type(cli.model).__name__
         result["actions"] = {
