@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from bisect import bisect_left, bisect_right
 
 import numpy as np
 import torch
@@ -114,6 +115,11 @@ def _dip_counts(u: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
     return dip
 
 
+#: up to this many distinct values the dip runs on Python floats: numpy's per-call overhead dominates
+#: such small arrays (both paths do the same arithmetic in the same order and give the same dip, bit for bit)
+_SMALL = 128
+
+
 def _dip_sorted(x: np.ndarray) -> float:
     n = len(x)
     if n < 4 or x[0] == x[-1]:
@@ -123,7 +129,86 @@ def _dip_sorted(x: np.ndarray) -> float:
     np.not_equal(x[1:], x[:-1], out=new[1:])
     lower = np.flatnonzero(new)
     upper = np.append(lower[1:], n)
-    return _dip_counts(x[lower], lower.astype(np.float64), upper.astype(np.float64)) / (2.0 * n)
+    counts = (x[lower], lower.astype(np.float64), upper.astype(np.float64))
+    if len(lower) <= _SMALL:
+        return _dip_counts_small(*(c.tolist() for c in counts)) / (2.0 * n)
+    return _dip_counts(*counts) / (2.0 * n)
+
+
+# ---- the same algorithm on Python floats, for small samples ---------------------------------------
+def _interp_small(x: float, xp: list[float], fp: list[float]) -> float:
+    """``np.interp(x, xp, fp)`` for one point, with numpy's arithmetic."""
+    j = bisect_right(xp, x) - 1
+    if j < 0:
+        return fp[0]
+    if j >= len(xp) - 1 or xp[j] == x:
+        return fp[j]
+    return (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j]) * (x - xp[j]) + fp[j]
+
+
+def _hull_small(u: list[float], y: list[float], a: int, b: int, convex: bool) -> list[int]:
+    """:func:`_hull` on Python floats: the same chord pass, then the same gift wrapping."""
+    if b - a < 2:
+        return list(range(a, b + 1))
+    idx = [a]
+    for j in range(a + 1, b):
+        above = (y[j] - y[j - 1]) * (u[j + 1] - u[j - 1]) - (y[j + 1] - y[j - 1]) * (u[j] - u[j - 1])
+        if not (above >= 0.0 if convex else above <= 0.0):
+            idx.append(j)
+    idx.append(b)
+    if len(idx) == b - a + 1:
+        return idx
+    verts, i, last = [a], 0, len(idx) - 1
+    while i < last:
+        ui, yi, best, i_next = u[idx[i]], y[idx[i]], math.inf, i + 1
+        for k in range(i + 1, last + 1):
+            s = (y[idx[k]] - yi) / (u[idx[k]] - ui)
+            s = s if convex else -s
+            if s <= best:  # the last occurrence of the extreme slope, as in _hull
+                best, i_next = s, k
+        i = i_next
+        verts.append(idx[i])
+    return verts
+
+
+def _dip_counts_small(u: list[float], lower: list[float], upper: list[float]) -> float:
+    """:func:`_dip_counts` on Python floats (see there)."""
+    tol = 1e-10 * upper[-1]
+    mass = sorted(hi - lo for lo, hi in zip(lower, upper, strict=True))
+    dip = mass[-2] if len(mass) > 1 else 0.0
+    a, b = 0, len(u) - 1
+    while True:
+        g, h = _hull_small(u, lower, a, b, True), _hull_small(u, upper, a, b, False)
+        gx, gy, hx, hy = [u[i] for i in g], [lower[i] for i in g], [u[i] for i in h], [upper[i] for i in h]
+        dg = [_interp_small(x, hx, hy) - y for x, y in zip(gx, gy, strict=True)]
+        dh = [y - _interp_small(x, gx, gy) for x, y in zip(hx, hy, strict=True)]
+        inner_g, inner_h = dg[1:-1], dh[1:-1]
+        d_inner = max(inner_g + inner_h, default=-math.inf)
+        d_ends = max(dg[0], dg[-1], dh[0], dh[-1])
+        if d_inner >= d_ends - tol:
+            d = d_inner
+            kg = [k for k, v in enumerate(inner_g) if v >= d - tol]
+            kh = [k for k, v in enumerate(inner_h) if v >= d - tol]
+            ig = g[1 + kg[-1]] if kg else -1
+            ih = h[1 + kh[-1]] if kh else -1
+        else:
+            d = d_ends
+            ig = b if max(dg[-1], dh[-1]) >= d - tol else -1
+            ih = a if ig < 0 else -1
+        if d < dip:
+            break
+        if ig >= ih:
+            lo, hi = ig, h[bisect_left(h, ig)]  # the first LCM vertex at or after ig
+        else:
+            lo, hi = g[bisect_right(g, ih) - 1], ih  # the last GCM vertex at or before ih
+        if lo > a:
+            dip = max(dip, max(upper[i] - _interp_small(u[i], gx, gy) for i in range(a, lo)))
+        if hi < b:
+            dip = max(dip, max(_interp_small(u[i], hx, hy) - lower[i] for i in range(hi + 1, b + 1)))
+        if (lo, hi) == (a, b):
+            break
+        a, b = lo, hi
+    return dip
 
 
 def dip_statistic(values) -> float:

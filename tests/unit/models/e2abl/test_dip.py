@@ -146,6 +146,26 @@ def test_agrees_with_brute_force_definition_on_small_samples():
         assert dip_statistic(x) == pytest.approx(expected, abs=1e-9), x
 
 
+@pytest.mark.parametrize("n", [4, 7, 12, 30, 64, 127, 128, 129, 300])
+def test_python_and_numpy_paths_give_the_same_dip_bit_for_bit(n, monkeypatch):
+    rng = _rng(n)
+    for trial in range(24):
+        kind = trial % 4
+        if kind == 0:
+            x = rng.normal(size=n)
+        elif kind == 1:  # ties
+            x = np.round(rng.normal(size=n), 1)
+        elif kind == 2:  # a planted cluster
+            x = np.r_[rng.normal(size=n - n // 5), rng.normal(4.0, 0.3, n // 5)]
+        else:  # values on a grid: collinear ECDF points
+            x = rng.integers(0, 5, n) * 0.1
+        x = np.sort(x)
+        monkeypatch.setattr(D, "_SMALL", 0)
+        vectorised = D._dip_sorted(x)
+        monkeypatch.setattr(D, "_SMALL", 10**9)
+        assert D._dip_sorted(x) == vectorised, x
+
+
 # (dip, p-value) from the `diptest` package (0.12.0, `diptest.diptest(x)`, interpolated p-value) on
 # the samples built by _reference_sample from the named seed
 _DIPTEST_REFERENCE = [
