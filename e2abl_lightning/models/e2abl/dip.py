@@ -66,6 +66,24 @@ def _hull(u: np.ndarray, y: np.ndarray, a: int, b: int, convex: bool) -> np.ndar
     return idx[verts]
 
 
+def _farthest(
+    dg: list[float], dh: list[float], g: list[int], h: list[int], a: int, b: int, tol: float
+) -> tuple[float, int, int]:
+    """The hulls' largest distance ``d`` on the window ``a..b`` (``dg``/``dh``: LCM - GCM at the GCM's
+    vertices ``g`` and the LCM's ``h``) and where it lies: the farthest GCM vertex ``ig`` or LCM vertex
+    ``ih`` (-1 for the other). The window's ends only count when they beat every inner vertex (a heavy
+    atom at an end)."""
+    inner_g, inner_h = dg[1:-1], dh[1:-1]
+    d_inner = max(inner_g + inner_h, default=-math.inf)
+    d_ends = max(dg[0], dg[-1], dh[0], dh[-1])
+    if d_inner >= d_ends - tol:
+        kg = [k for k, v in enumerate(inner_g) if v >= d_inner - tol]
+        kh = [k for k, v in enumerate(inner_h) if v >= d_inner - tol]
+        return d_inner, (g[1 + kg[-1]] if kg else -1), (h[1 + kh[-1]] if kh else -1)
+    ig = b if max(dg[-1], dh[-1]) >= d_ends - tol else -1
+    return d_ends, ig, (a if ig < 0 else -1)
+
+
 def _dip_counts(u: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
     """Twice the dip, in counts, of the ECDF with distinct atoms ``u`` (sorted); ``lower``/``upper`` are
     the counts strictly below / at or below each atom (the ECDF's left limit and value there)."""
@@ -81,21 +99,7 @@ def _dip_counts(u: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
         gx, gy, hx, hy = u[g], lower[g], u[h], upper[h]
         dg = np.interp(gx, hx, hy) - gy  # LCM - GCM at the GCM's vertices
         dh = hy - np.interp(hx, gx, gy)  # ... and at the LCM's
-        # the window's ends only count when they beat every inner vertex (a heavy atom at an end)
-        inner_g = dg[1:-1] if len(g) > 2 else dg[:0]
-        inner_h = dh[1:-1] if len(h) > 2 else dh[:0]
-        d_inner = max(inner_g.max(initial=-np.inf), inner_h.max(initial=-np.inf))
-        d_ends = max(dg[0], dg[-1], dh[0], dh[-1])
-        if d_inner >= d_ends - tol:
-            d = d_inner
-            kg = np.flatnonzero(inner_g >= d - tol)
-            kh = np.flatnonzero(inner_h >= d - tol)
-            ig = int(g[1 + kg[-1]]) if len(kg) else -1
-            ih = int(h[1 + kh[-1]]) if len(kh) else -1
-        else:
-            d = d_ends
-            ig = b if max(dg[-1], dh[-1]) >= d - tol else -1
-            ih = a if ig < 0 else -1
+        d, ig, ih = _farthest(dg.tolist(), dh.tolist(), g.tolist(), h.tolist(), a, b, tol)
         if d < dip:
             break
         # the farthest point starts (GCM vertex) or ends (LCM vertex) the next window
@@ -182,19 +186,7 @@ def _dip_counts_small(u: list[float], lower: list[float], upper: list[float]) ->
         gx, gy, hx, hy = [u[i] for i in g], [lower[i] for i in g], [u[i] for i in h], [upper[i] for i in h]
         dg = [_interp_small(x, hx, hy) - y for x, y in zip(gx, gy, strict=True)]
         dh = [y - _interp_small(x, gx, gy) for x, y in zip(hx, hy, strict=True)]
-        inner_g, inner_h = dg[1:-1], dh[1:-1]
-        d_inner = max(inner_g + inner_h, default=-math.inf)
-        d_ends = max(dg[0], dg[-1], dh[0], dh[-1])
-        if d_inner >= d_ends - tol:
-            d = d_inner
-            kg = [k for k, v in enumerate(inner_g) if v >= d - tol]
-            kh = [k for k, v in enumerate(inner_h) if v >= d - tol]
-            ig = g[1 + kg[-1]] if kg else -1
-            ih = h[1 + kh[-1]] if kh else -1
-        else:
-            d = d_ends
-            ig = b if max(dg[-1], dh[-1]) >= d - tol else -1
-            ih = a if ig < 0 else -1
+        d, ig, ih = _farthest(dg, dh, g, h, a, b, tol)
         if d < dip:
             break
         if ig >= ih:
