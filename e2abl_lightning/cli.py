@@ -34,7 +34,7 @@ examples:
       --ckpt_path logs/osuleaf_static_e2abl/version_0/checkpoints/last.ckpt
 
 subcommands (`e2abl <subcommand> --help` lists every option):
-  fit                 train: writes logs/<name>/version_N/ (metrics.csv, checkpoints, suspects.csv)
+  fit                 train: writes logs/<name>/version_N/ (metrics.csv, checkpoints, suspects.csv, decisions.csv)
   validate            score a checkpoint on the validation split
   test                score a checkpoint on the test split (clean accuracy, ASR, robust accuracy)
   predict             class probabilities of the clean test split

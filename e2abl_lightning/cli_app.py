@@ -240,7 +240,7 @@ def fit_summary(trainer: Any, model: Any, datamodule: Any) -> str:
         lines.append(f"  {type(model).__name__} isolated {int(isolated.sum())} training samples")
     run = _run_dir(trainer)
     if run is not None:
-        extra = ", suspects.csv" if (run / "suspects.csv").is_file() else ""
+        extra = "".join(f", {name}" for name in ("suspects.csv", "decisions.csv") if (run / name).is_file())
         lines.append(f"  run directory: {run} (metrics.csv, checkpoints{extra}; `e2abl-report {run}` plots it)")
     return "\n".join(lines)
 

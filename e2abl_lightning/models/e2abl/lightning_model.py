@@ -20,8 +20,8 @@ from e2abl_lightning.data.poison import check_training_batch
 from e2abl_lightning.models.backbones import BackboneFactory
 from e2abl_lightning.models.base import BackdoorClassifier
 from e2abl_lightning.models.e2abl.loss import cleansing_losses, shallow_losses, total_loss, trusted_losses
-from e2abl_lightning.models.e2abl.policy import IsolationPolicy, blind_spot, margins, pseudo_labels
-from e2abl_lightning.models.e2abl.state import IsolationState
+from e2abl_lightning.models.e2abl.policy import IsolationPolicy, blind_spot, margins, pseudo_labels, view_names
+from e2abl_lightning.models.e2abl.state import TABLE_COLUMNS, IsolationState
 from e2abl_lightning.models.e2abl.torch_model import TwoHeadNet
 
 #: channels of each shallow head's conv: a trap needs little capacity
@@ -180,8 +180,30 @@ class E2ABL(BackdoorClassifier):
         logs = {**self.state.decide(self.current_epoch, self.policy), **self.state.oracle_metrics()}
         if decided == 0 and int(self.state.epochs_decided) > 0:
             self._warn_if_undetectable()
+        if int(self.state.epochs_decided) > decided:
+            self._append_decisions()
         for name, value in logs.items():
             self.log(name, float(value), on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
+
+    def _append_decisions(self) -> None:
+        """Append the epoch's class tests to ``decisions.csv`` in the log directory (rank 0, with a logger):
+        per class and view the dip, its p-value, whether the class passed and was named."""
+        log_dir = self.trainer.log_dir  # a collective call: every rank
+        if not self.trainer.is_global_zero or self.trainer.logger is None or log_dir is None:
+            return
+        import csv
+        import os
+
+        path = os.path.join(log_dir, "decisions.csv")
+        names = view_names([*self.hparams.shallow_poolings, "main"])
+        new = not os.path.isfile(path)
+        os.makedirs(log_dir, exist_ok=True)
+        with open(path, "a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(TABLE_COLUMNS)
+            for epoch, c, view, *values in self.state.table:
+                writer.writerow([epoch, c, names[view], *(f"{v:.6g}" if isinstance(v, float) else v for v in values)])
 
     def _warn_if_undetectable(self) -> None:
         message = blind_spot(float(self.state.detectable), self.num_classes)

@@ -54,6 +54,8 @@ _ORACLE = ("oracle_poisoned", "oracle_true")
 _MAX = ("acc_given", "oracle_poisoned", "oracle_true")
 #: momentum of the per-sample prediction EMA behind the pseudo-labels
 EMA_MOMENTUM = 0.7
+#: the columns of :meth:`IsolationState.decide`'s ``table``: one row per class and view of an epoch's tests
+TABLE_COLUMNS = ("epoch", "class", "view", "dip", "p", "adjusted_p", "trapped", "passing", "named", "confused_share")
 
 
 class IsolationState(nn.Module):
@@ -66,6 +68,7 @@ class IsolationState(nn.Module):
             self.register_buffer(name, torch.tensor(value))
         # the smallest share of a class the test can isolate (policy.detectable_share); 0: not yet known
         self.register_buffer("detectable", torch.tensor(0.0))
+        self.table: list[list] = []  # the last decision's class tests (TABLE_COLUMNS), for decisions.csv
         self.resize(num_samples, num_classes, num_views)
 
     @property
@@ -170,6 +173,7 @@ class IsolationState(nn.Module):
         if naming.target >= 0:
             self.isolated |= self.flagged
         self._record(epoch)
+        self.table = self._table(epoch, tests, naming, policy, confused)
         return self._logs(tests, naming, policy)
 
     def _naming(self) -> P.Naming:
@@ -191,6 +195,24 @@ class IsolationState(nn.Module):
         carriers = self.flagged | self.isolated
         self.recovered.copy_(torch.where(carriers, q.argmax(dim=1), torch.full_like(self.recovered, -1)))
         self.epochs_decided += 1
+
+    def _table(
+        self, epoch: int, tests: P.ClassTests, naming: P.Naming, policy: P.IsolationPolicy, confused: Tensor
+    ) -> list[list]:
+        """This epoch's class tests, one row per class and view (``TABLE_COLUMNS``): why a class was or was
+        not named. ``confused_share``: the share of the class the main head's EMA gives to another class."""
+        k, v = tests.p.shape
+        ok = P.passing(tests, policy).tolist()
+        valid = self.given >= 0
+        members = torch.bincount(self.given[valid], minlength=k).clamp(min=1)
+        shares = (torch.bincount(self.given[valid & confused], minlength=k) / members).tolist()
+        dip, p, trapped = tests.dip.tolist(), tests.p.tolist(), tests.trapped.tolist()
+        return [
+            [epoch, c, view, dip[c][view], p[c][view], min(p[c][view] * k * v, 1.0), trapped[c][view]]
+            + [ok[c][view], c == naming.target, shares[c]]
+            for c in range(k)
+            for view in range(v)
+        ]
 
     def _logs(self, tests: P.ClassTests, naming: P.Naming, policy: P.IsolationPolicy) -> dict[str, float]:
         k, v = tests.p.shape

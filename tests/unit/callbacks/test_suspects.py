@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader, SubsetRandomSampler
 from e2abl_lightning.callbacks import BackdoorEvalCallback
 from e2abl_lightning.metrics.functional import isolation_precision_recall
 from e2abl_lightning.models.e2abl import E2ABL
+from e2abl_lightning.models.e2abl.policy import num_tested, view_names
+from e2abl_lightning.models.e2abl.state import TABLE_COLUMNS
 from tests.helpers import SMALL_FCN, Fit, SeparableSeries, tiny_fit
 
 
@@ -135,3 +137,32 @@ def test_isolation_precision_recall_by_hand() -> None:
     assert (float(precision), float(recall)) == pytest.approx((2 / 3, 2 / 3))
     precision, recall = isolation_precision_recall(flagged, oracle > 0)
     assert (float(precision), float(recall)) == pytest.approx((2 / 4, 2 / 3))
+
+
+def test_decisions_csv_holds_every_decided_epochs_class_tests(named_run: Fit) -> None:
+    """decisions.csv: one row per decided epoch, class and view; a row passes exactly when the policy's
+    rule holds on its own columns (level, effect floor, trapped side, the only class passing in that view),
+    the target is named from its naming epoch on, and the last epoch's rows are the state bank's table."""
+    model, state = named_run.model, named_run.model.state
+    with (named_run.log_dir / "decisions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    k, v = model.num_classes, num_tested(state.score.shape[0])  # two shallow heads and the main one, 3 pairs
+    assert tuple(rows[0]) == TABLE_COLUMNS
+    epochs = sorted({int(r["epoch"]) for r in rows})
+    assert epochs == list(range(model.policy.warmup_epochs - 1, 5)) and len(rows) == len(epochs) * k * v
+    assert {r["view"] for r in rows} == set(view_names(["max", "avg", "main"]))
+    policy = model.policy
+    for epoch in epochs:
+        these = [r for r in rows if int(r["epoch"]) == epoch]
+        ok = [
+            float(r["p"]) < policy.level(k, v) and float(r["dip"]) >= policy.min_share / 4 and r["trapped"] == "True"
+            for r in these
+        ]
+        alone = [sum(o for o, s in zip(ok, these, strict=True) if s["view"] == r["view"]) == 1 for r in these]
+        assert [r["passing"] == "True" for r in these] == [o and a for o, a in zip(ok, alone, strict=True)]
+    named = [int(r["epoch"]) for r in rows if r["named"] == "True"]
+    assert named and set(named) == set(range(min(named), 5))  # named once, and kept
+    assert all(int(r["class"]) == int(state.suspected_target) for r in rows if r["named"] == "True")
+    last = [r for r in rows if int(r["epoch"]) == epochs[-1]]
+    assert [float(r["p"]) for r in last] == pytest.approx([row[4] for row in state.table], rel=1e-5)
+    assert all(0.0 <= float(r["confused_share"]) <= 1.0 for r in rows)

@@ -1,10 +1,12 @@
 """The state bank: it folds epochs in, applies the policy deterministically (identically under a
 simulated two-rank split), and resizes on load."""
 
+import pytest
 import torch
 
+from e2abl_lightning.models.e2abl import policy as P
 from e2abl_lightning.models.e2abl.policy import IsolationPolicy
-from e2abl_lightning.models.e2abl.state import IsolationState
+from e2abl_lightning.models.e2abl.state import TABLE_COLUMNS, IsolationState
 
 N, K, V = 400, 4, 3
 POISONED = torch.arange(N) < 40  # 40 poisons given label 0: 0.29 of that class
@@ -139,3 +141,26 @@ def test_resize_on_load():
     fresh.load_state_dict(state.state_dict())
     assert fresh.num_samples == N and fresh.score.shape == (V, N)
     assert torch.equal(fresh.isolated, state.isolated) and int(fresh.suspected_target) == 0
+
+
+def test_the_table_says_which_class_passed_which_view_abstained_and_which_class_is_named() -> None:
+    """Constructed tests, 3 classes x 2 views: class 0 passes view 0; classes 1 and 2 both pass view 1,
+    so it abstains; class 2's trapped split in view 0 is too small a dip. Class 1 is named, class 0 is
+    only the candidate. ``confused_share`` is each class's share the main head gives to another class."""
+    state = IsolationState(6, 3, 2)
+    state.given.copy_(torch.tensor([0, 0, 1, 1, 2, 2]))
+    policy = IsolationPolicy(alpha=0.2, min_share=0.05)
+    level, floor = policy.level(3, 2), policy.min_share / 4
+    tests = P.ClassTests(
+        dip=torch.tensor([[floor, 0.0], [0.0, floor], [floor / 2, floor]], dtype=torch.float64),
+        p=torch.tensor([[level / 2, 1.0], [1.0, level / 2], [level / 2, level / 2]], dtype=torch.float64),
+        trapped=torch.tensor([[True, False], [False, True], [True, True]]),
+    )
+    confused = torch.tensor([False, True, True, True, False, False])
+    rows = state._table(7, tests, P.Naming(target=1, candidate=0, streak=1, quiet=0), policy, confused)
+    table = {(c, v): dict(zip(TABLE_COLUMNS, row, strict=True)) for row in rows for c, v in [row[1:3]]}
+    assert len(rows) == 6 and all(r["epoch"] == 7 for r in table.values())
+    assert [table[c, v]["passing"] for c in range(3) for v in range(2)] == [True, False, False, False, False, False]
+    assert [table[c, 0]["named"] for c in range(3)] == [False, True, False]
+    assert [table[c, 0]["confused_share"] for c in range(3)] == [0.5, 1.0, 0.0]
+    assert table[0, 0]["adjusted_p"] == pytest.approx(0.1) and table[1, 0]["adjusted_p"] == 1.0
