@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -320,8 +321,11 @@ class IsolationMonitor(L.Callback):
             if int(state.epochs_decided) != self._drawn_decisions:  # stopped between two drawing epochs
                 self.draw(trainer, pl_module, max(trainer.current_epoch - 1, 0))
         if state is not None and hasattr(pl_module, "write_suspects"):
-            for logger in MediaSink(trainer).wandb:  # suspects.csv in the W&B run's files, synced with it
+            decisions = getattr(pl_module, "decisions_path", None)
+            for logger in MediaSink(trainer).wandb:  # suspects.csv and decisions.csv in the W&B run's files
                 pl_module.write_suspects(str(Path(logger.experiment.dir) / "suspects.csv"))
+                if decisions is not None and Path(decisions).is_file():
+                    shutil.copy(decisions, Path(logger.experiment.dir) / "decisions.csv")
 
     @torch.no_grad()
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:

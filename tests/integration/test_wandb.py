@@ -107,6 +107,9 @@ def test_wandb_offline_run_holds_metrics_config_and_media(in_tmp_dir: Path, wand
     assert {"isolation/score", "isolation/pr", "data/trigger", "val/poisoned"} <= images, images
     assert list((files / "media" / "table" / "isolation").glob("isolated_samples_*.table.json"))
     assert (files / "suspects.csv").read_text().startswith("index,source_index,source,score,given,recovered")
+    decisions = (files / "decisions.csv").read_text()
+    assert decisions == (Path(cli.trainer.log_dir) / "decisions.csv").read_text()
+    assert decisions.startswith("epoch,class,view,dip,p,adjusted_p,trapped,passing,named,confused_share")
 
     history, config, runs_seen = set(), {}, []
     for record in finished_records(next(run.glob("run-*.wandb"))):

@@ -194,7 +194,7 @@ class E2ABL(BackdoorClassifier):
         import csv
         import os
 
-        path = os.path.join(log_dir, "decisions.csv")
+        path = self.decisions_path = os.path.join(log_dir, "decisions.csv")
         names = view_names([*self.hparams.shallow_poolings, "main"])
         new = not os.path.isfile(path)
         os.makedirs(log_dir, exist_ok=True)
