@@ -1,4 +1,5 @@
-"""``e2abl-report RUN_DIR``: one PNG of a run's CSV logs (CA, ASR, isolation precision/recall per epoch)."""
+"""``e2abl-report RUN_DIR``: one PNG of a run's CSV logs (CA, ASR, isolation precision/recall per epoch, and
+E2ABL's class tests from ``decisions.csv``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 EVAL_KEYS = {"val/clean_acc": "clean accuracy (CA)", "val/asr": "attack success rate (ASR)"}
@@ -61,6 +63,73 @@ def read_metrics(path: Path) -> dict[str, dict[int, float]]:
     return series
 
 
+def read_decisions(path: Path) -> tuple[dict[int, dict[int, float]], dict[int, set[int]], dict[int, int]]:
+    """From E2ABL's ``decisions.csv``: each class's smallest adjusted p-value per epoch ``{class: {epoch: p}}``,
+    the epochs in which it passed in some view ``{class: {epoch}}``, and the named target ``{epoch: class}``."""
+    smallest: dict[int, dict[int, float]] = {}
+    passed: dict[int, set[int]] = {}
+    named: dict[int, int] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            epoch, c, p = int(row["epoch"]), int(row["class"]), float(row["adjusted_p"])
+            smallest.setdefault(c, {})[epoch] = min(p, smallest.get(c, {}).get(epoch, 1.0))
+            passed.setdefault(c, set())
+            if row["passing"] == "True":
+                passed[c].add(epoch)
+            if row["named"] == "True":
+                named[epoch] = c
+    return smallest, passed, named
+
+
+class _HparamsLoader(yaml.SafeLoader):
+    """Lightning's ``hparams.yaml`` tags tuples as Python objects; read them as lists."""
+
+
+_HparamsLoader.add_multi_constructor(
+    "tag:yaml.org,2002:python/",
+    lambda loader, _, node: loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else None,
+)
+
+
+def _alpha(run_dir: Path) -> float | None:
+    """The policy's ``alpha`` from the run's ``hparams.yaml``, if it is there."""
+    hparams = run_dir / "hparams.yaml"
+    if not hparams.is_file():
+        return None
+    hparams = yaml.load(hparams.read_text(), Loader=_HparamsLoader) or {}
+    if "policy" in hparams and hparams["policy"] is None:  # E2ABL's default policy
+        from e2abl_lightning.models.e2abl.policy import IsolationPolicy
+
+        return IsolationPolicy().alpha
+    policy = hparams.get("policy")
+    return float(policy["alpha"]) if isinstance(policy, dict) and "alpha" in policy else None
+
+
+def _plot_decisions(ax: Axes, run_dir: Path) -> None:
+    """Each class's smallest adjusted p-value per epoch (grey), the named target in red, passing epochs dotted."""
+    smallest, passed, named = read_decisions(run_dir / "decisions.csv")
+    targets = set(named.values())
+    for c, values in sorted(smallest.items()):
+        epochs = sorted(values)
+        style = (
+            {"color": "tab:red", "lw": 2, "label": f"class {c} (named)"} if c in targets else {"color": "0.6", "lw": 1}
+        )
+        ax.plot(epochs, [max(values[e], 1e-12) for e in epochs], **style)
+        if passed[c]:
+            ax.scatter(
+                sorted(passed[c]), [max(values[e], 1e-12) for e in sorted(passed[c])], s=14, color=style["color"]
+            )
+    alpha = _alpha(run_dir)
+    if alpha is not None:
+        ax.axhline(alpha, ls="--", color="black", lw=1, label=f"alpha {alpha:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_title("E2ABL class tests: smallest adjusted p per class (dots: passing)", fontsize=10)
+    ax.grid(alpha=0.3)
+    if targets or alpha is not None:
+        ax.legend(fontsize=8, loc="best")
+
+
 def _title(run_dir: Path) -> str:
     manifest = run_dir / "poison_manifest.json"
     parts = []
@@ -97,9 +166,12 @@ def make_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
         raise ReportError(f"{metrics_path} holds no val/clean_acc, val/asr or isolation/* values yet")
     out = Path(output) if output is not None else metrics_path.parent / "report.png"
     run_title = _title(metrics_path.parent)  # may raise ReportError: before any figure or file exists
-    fig = Figure(figsize=(11, 4))
+    tests = (metrics_path.parent / "decisions.csv").is_file()
+    fig = Figure(figsize=(16.5 if tests else 11, 4))
 
-    axes = fig.subplots(1, 2)
+    axes = fig.subplots(1, 3 if tests else 2)
+    if tests:
+        _plot_decisions(axes[2], metrics_path.parent)
     for ax, keys, names, title in (
         (axes[0], eval_keys, EVAL_KEYS, "Validation: clean accuracy and ASR"),
         (axes[1], iso_keys, ISOLATION_KEYS, "Isolation (oracle keys; metrics only)"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from e2abl_lightning.report import main, make_report, read_metrics
+from e2abl_lightning.report import main, make_report, read_decisions, read_metrics
 from tests.helpers import Fit
 
 SCRIPT = Path(sys.executable).with_name("e2abl-report")
@@ -25,6 +26,36 @@ def test_report_png_from_real_run(gunpoint_run: Fit, tmp_path: Path) -> None:
         image.verify()
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size[0] > 600
+
+
+def test_report_draws_the_class_tests_of_decisions_csv(gunpoint_run: Fit, tmp_path: Path) -> None:
+    """A third panel from decisions.csv: each class's smallest adjusted p per decided epoch, the epochs it
+    passed and the named target; a run without the file keeps the two panels."""
+    rows = list(csv.DictReader((gunpoint_run.log_dir / "decisions.csv").open()))
+    smallest, passed, named = read_decisions(gunpoint_run.log_dir / "decisions.csv")
+    decided = sorted(read_metrics(gunpoint_run.log_dir / "metrics.csv")["train/num_flagged"])
+    assert sorted(smallest) == [0, 1] and all(sorted(v) == decided for v in smallest.values())
+    for (c, e), p in {(c, e): p for c, v in smallest.items() for e, p in v.items()}.items():
+        these = [r for r in rows if int(r["class"]) == c and int(r["epoch"]) == e]
+        assert p == min(float(r["adjusted_p"]) for r in these)
+        assert (e in passed[c]) == any(r["passing"] == "True" for r in these)
+        assert (named.get(e) == c) == any(r["named"] == "True" for r in these)
+    with Image.open(make_report(gunpoint_run.log_dir, tmp_path / "with.png")) as image:
+        wide = image.size[0]
+    shutil.copytree(gunpoint_run.log_dir, tmp_path / "run", ignore=shutil.ignore_patterns("decisions.csv"))
+    with Image.open(make_report(tmp_path / "run", tmp_path / "without.png")) as image:
+        assert image.size[0] < wide
+
+
+def test_report_reads_alpha_from_the_runs_hparams(tmp_path: Path) -> None:
+    from e2abl_lightning.models.e2abl import IsolationPolicy
+    from e2abl_lightning.report import _alpha
+
+    assert _alpha(tmp_path) is None  # no hparams.yaml: no alpha line
+    (tmp_path / "hparams.yaml").write_text("input_shape: !!python/tuple\n- 1\n- 427\npolicy: null\n")
+    assert _alpha(tmp_path) == IsolationPolicy().alpha  # the CLI's default policy
+    (tmp_path / "hparams.yaml").write_text("policy:\n  alpha: 0.01\n  min_share: 0.05\n")
+    assert _alpha(tmp_path) == 0.01
 
 
 def test_report_finds_the_only_run_below(gunpoint_run: Fit, tmp_path: Path, capsys) -> None:
