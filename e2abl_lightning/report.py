@@ -7,6 +7,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,27 +82,18 @@ def read_decisions(path: Path) -> tuple[dict[int, dict[int, float]], dict[int, s
     return smallest, passed, named
 
 
-class _HparamsLoader(yaml.SafeLoader):
-    """Lightning's ``hparams.yaml`` tags tuples as Python objects; read them as lists."""
-
-
-_HparamsLoader.add_multi_constructor(
-    "tag:yaml.org,2002:python/",
-    lambda loader, _, node: loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else None,
-)
-
-
 def _alpha(run_dir: Path) -> float | None:
     """The policy's ``alpha`` from the run's ``hparams.yaml``, if it is there."""
     hparams = run_dir / "hparams.yaml"
     if not hparams.is_file():
         return None
-    hparams = yaml.load(hparams.read_text(), Loader=_HparamsLoader) or {}
-    if "policy" in hparams and hparams["policy"] is None:  # E2ABL's default policy
+    # Lightning tags tuples as Python objects; untagged they load safely as lists
+    values = yaml.safe_load(re.sub(r"!!python/\S+", "", hparams.read_text())) or {}
+    if "policy" in values and values["policy"] is None:  # E2ABL's default policy
         from e2abl_lightning.models.e2abl.policy import IsolationPolicy
 
         return IsolationPolicy().alpha
-    policy = hparams.get("policy")
+    policy = values.get("policy")
     return float(policy["alpha"]) if isinstance(policy, dict) and "alpha" in policy else None
 
 
