@@ -142,7 +142,8 @@ def test_isolation_precision_recall_by_hand() -> None:
 def test_decisions_csv_holds_every_decided_epochs_class_tests(named_run: Fit) -> None:
     """decisions.csv: one row per decided epoch, class and view; a row passes exactly when the policy's
     rule holds on its own columns (level, effect floor, trapped side, the only class passing in that view),
-    the target is named from its naming epoch on, and the last epoch's rows are the state bank's table."""
+    at most one class is named per epoch (the last epoch's is the state's target), and the last epoch's
+    rows are the state bank's table."""
     model, state = named_run.model, named_run.model.state
     with (named_run.log_dir / "decisions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -160,9 +161,11 @@ def test_decisions_csv_holds_every_decided_epochs_class_tests(named_run: Fit) ->
         ]
         alone = [sum(o for o, s in zip(ok, these, strict=True) if s["view"] == r["view"]) == 1 for r in these]
         assert [r["passing"] == "True" for r in these] == [o and a for o, a in zip(ok, alone, strict=True)]
-    named = [int(r["epoch"]) for r in rows if r["named"] == "True"]
-    assert named and set(named) == set(range(min(named), 5))  # named once, and kept
-    assert all(int(r["class"]) == int(state.suspected_target) for r in rows if r["named"] == "True")
+    for epoch in epochs:  # at most one named class per epoch, on every view's row; the last is the state's target
+        named = {(int(r["class"]), r["view"]) for r in rows if int(r["epoch"]) == epoch and r["named"] == "True"}
+        classes = {c for c, _ in named}
+        assert len(classes) <= 1 and len(named) == v * len(classes)
+    assert classes == ({int(state.suspected_target)} if int(state.suspected_target) >= 0 else set())
     last = [r for r in rows if int(r["epoch"]) == epochs[-1]]
     assert [float(r["p"]) for r in last] == pytest.approx([row[4] for row in state.table], rel=1e-5)
     assert all(0.0 <= float(r["confused_share"]) <= 1.0 for r in rows)
