@@ -25,7 +25,9 @@ one class of one run, so that nothing is an absolute number fitted to a dataset:
   between epochs, and missed poisons re-teach the trigger). Once the class is being cleansed, only
   views that do not read the main head may cut: the cleansing trains the main head against the
   isolated samples, so its scores measure the defense, not the data; where the class passes in no
-  such view, nothing is added;
+  such view, nothing is added. The isolated samples then orient the split (its odd side is the one
+  holding most of them): the cleansing changes how well the heads fit them, so a side chosen by fit
+  can flip to the clean members for an epoch, and the growing set would keep them;
 * **recover**: the main head's prediction EMA without the given class, sharpened: the label an
   isolated sample is trained towards, weighted by its confidence (see ``loss.cleansing_losses``).
 """
@@ -183,13 +185,17 @@ def otsu_upper(values: Tensor) -> Tensor:
     return upper
 
 
-def odd_side(z: Tensor, confused: Tensor, fit: Tensor) -> tuple[Tensor, bool]:
+def odd_side(z: Tensor, confused: Tensor, fit: Tensor, anchor: Tensor | None = None) -> tuple[Tensor, bool]:
     """Split one class's view ``z`` ``[M]``; return the odd side's mask and whether it is a trap.
 
     The candidate is the side the view's heads fit better (higher mean ``fit`` ``[M]``; in a head's own
     view, its upper side). It is the other side, and no trap, when the main head gives most of that
-    other side to other classes (``confused`` ``[M]``): confusion or label noise."""
+    other side to other classes (``confused`` ``[M]``): confusion or label noise. With ``anchor`` ``[M]``
+    (the samples already isolated in a class being cleansed) the odd side is the one holding most of
+    them: the cleansing changes how well the heads fit the isolated samples, not which ones they are."""
     upper = otsu_upper(z)
+    if anchor is not None and bool(anchor.any()):
+        return (upper if int(anchor[upper].sum()) >= int(anchor[~upper].sum()) else ~upper), True
     if 0 < int(upper.sum()) < upper.numel() and float(fit[upper].mean()) < float(fit[~upper].mean()):
         upper = ~upper
     lower = ~upper
@@ -267,10 +273,17 @@ def name_target(previous: Naming, tests: ClassTests, policy: IsolationPolicy) ->
 
 # ---- cut -------------------------------------------------------------------------------------
 def cut(
-    views: Views, given: Tensor, confused: Tensor, tests: ClassTests, target: int, usable: Tensor
+    views: Views,
+    given: Tensor,
+    confused: Tensor,
+    tests: ClassTests,
+    target: int,
+    usable: Tensor,
+    anchor: Tensor | None = None,
 ) -> tuple[Tensor, int]:
     """The odd side of class ``target`` in its most significant ``usable`` view (``[V']`` bool), ``[N]``
-    bool, and that view; nothing and -1 where no view is usable."""
+    bool, and that view; nothing and -1 where no view is usable. ``anchor`` ``[N]``: the samples already
+    isolated, which orient the split while the class is being cleansed (:func:`odd_side`)."""
     if not bool(usable.any()):
         return torch.zeros_like(given, dtype=torch.bool), -1
     view = int(tests.p[target].masked_fill(~usable, 2.0).argmin())
@@ -278,7 +291,8 @@ def cut(
     members = (given == target) & torch.isfinite(z)
     out = torch.zeros_like(members)
     if int(members.sum()) >= 2:
-        out[members] = odd_side(z[members], confused[members], fit[members])[0]
+        held = anchor[members] if anchor is not None else None
+        out[members] = odd_side(z[members], confused[members], fit[members], held)[0]
     return out, view
 
 

@@ -163,10 +163,11 @@ class IsolationState(nn.Module):
         shown = naming.target if naming.target >= 0 else naming.candidate
         self.flagged.zero_()
         if shown >= 0:
-            usable = P.passing(tests, policy)[shown]
+            usable, anchor = P.passing(tests, policy)[shown], None
             if naming.target == before >= 0:  # being cleansed since an earlier epoch
                 usable &= P.witnesses(self.score.shape[0])
-            flagged, view = P.cut(views, self.given, confused, tests, shown, usable)
+                anchor = self.isolated
+            flagged, view = P.cut(views, self.given, confused, tests, shown, usable, anchor)
             self.flagged.copy_(flagged)
             if view >= 0:
                 self.view.fill_(view)
