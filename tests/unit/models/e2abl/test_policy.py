@@ -53,6 +53,15 @@ def test_odd_side_is_the_side_the_heads_fit_better_whichever_way_the_view_orders
     assert trapped and side.tolist() == [True] * 4 + [False] * 2
 
 
+def test_an_anchor_orients_the_split_to_the_side_holding_the_isolated_samples():
+    z = torch.tensor([0.0, 0.1, 0.2, 0.3, 5.0, 5.1])  # the heads fit the top pair better...
+    anchor = torch.tensor([True, True, True, False, False, False])  # ...but the lower side was isolated
+    side, trapped = P.odd_side(z, torch.zeros(6, dtype=torch.bool), z, anchor)
+    assert trapped and side.tolist() == [True] * 4 + [False] * 2
+    side, _ = P.odd_side(z, torch.zeros(6, dtype=torch.bool), z, torch.zeros(6, dtype=torch.bool))
+    assert side.tolist() == [False] * 4 + [True] * 2  # nothing isolated yet: the fit decides
+
+
 def _class_data(poisoned: bool, n: int = 300, k: int = 4, seed: int = 0, shift: float = 8.0):
     """Per-class robust z of k classes; with ``poisoned`` class 2 holds a well-fitted 30% cluster."""
     g = torch.Generator().manual_seed(seed)

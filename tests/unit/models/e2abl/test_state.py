@@ -121,6 +121,20 @@ def test_a_class_being_cleansed_is_cut_only_in_views_that_do_not_read_the_main_h
     assert not bool(state.flagged.any()) and torch.equal(state.isolated, POISONED)
 
 
+def test_a_class_being_cleansed_keeps_its_cut_on_the_isolated_side_when_the_fit_flips():
+    """The cleansing can make a trap fit the isolated poisons worse than their clean classmates: the
+    split is the same, its better-fitted side is now the clean one, and the cut stays on the poisons."""
+    (state,) = _run(False, epochs=3)
+    assert int(state.suspected_target) == 0 and torch.equal(state.isolated, POISONED)
+    given, margin, probs = _epoch_data(3, poisoned=True, shift=-8.0)  # view 0 now fits the poisons worse
+    state.reset_accumulators()
+    state.accumulate(torch.arange(N), margin, probs, given)
+    state.last_z.fill_(float("nan"))  # score on this epoch alone
+    state.decide(3, IsolationPolicy())
+    assert int(state.suspected_target) == 0
+    assert torch.equal(state.flagged, POISONED) and torch.equal(state.isolated, POISONED)
+
+
 def test_classes_too_small_to_test_train_as_undefended():
     state = IsolationState(6, 2, V)
     g = torch.Generator().manual_seed(0)
