@@ -1,13 +1,17 @@
 """The E2ABL LightningModule: oracle-blind training, real isolation, argument checks."""
 
+import copy
+
+import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from e2abl_lightning.data.datamodules import UCRDataModule
 from e2abl_lightning.data.poison import ORACLE_KEYS
+from e2abl_lightning.models.baselines import NoDefense
 from e2abl_lightning.models.e2abl import E2ABL, IsolationPolicy
-from tests.helpers import SMALL_FCN, SeparableSeries, gunpoint, tiny_fit
+from tests.helpers import SMALL_FCN, SeparableSeries, gunpoint, quiet_trainer, tiny_fit
 
 
 class _Blind(Dataset):
@@ -140,3 +144,27 @@ class ShiftedUCR(UCRDataModule):
 def test_non_dense_training_indices_are_refused():
     with pytest.raises(ValueError, match="dense indices 0..N-1"):
         _fit(ShiftedUCR, epochs=1)
+
+
+
+def test_with_nothing_isolated_the_backbone_trains_exactly_as_the_undefended_model():
+    """Do no harm, as a mechanism: until a sample is isolated, E2ABL's main path is the undefended model's
+    (the heads are initialised from a forked RNG and learn from detached features, the main loss is the
+    plain cross-entropy), so the backbone ends bit for bit where the undefended one does."""
+
+    def fit(model_cls, **kwargs):
+        L.seed_everything(0, verbose=False)
+        dm = gunpoint()
+        model = model_cls(backbone=SMALL_FCN, num_classes=dm.num_classes, input_shape=dm.input_shape, **kwargs)
+        start = copy.deepcopy(model.state_dict())
+        quiet_trainer(3).fit(model, dm)
+        return model, start
+
+    e2abl, _ = fit(E2ABL, policy=IsolationPolicy(warmup_epochs=5))  # no decision in 3 epochs: nothing isolated
+    undefended, start = fit(NoDefense)
+    assert not bool(e2abl.state.isolated.any()) and int(e2abl.state.epochs_decided) == 0
+    ours, theirs = e2abl.net.backbone.state_dict(), undefended.backbone.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert not torch.equal(theirs["net.convblock1.0.weight"], start["backbone.net.convblock1.0.weight"])  # it trained
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
