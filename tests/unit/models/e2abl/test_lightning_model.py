@@ -146,7 +146,6 @@ def test_non_dense_training_indices_are_refused():
         _fit(ShiftedUCR, epochs=1)
 
 
-
 def test_with_nothing_isolated_the_backbone_trains_exactly_as_the_undefended_model():
     """Do no harm, as a mechanism: until a sample is isolated, E2ABL's main path is the undefended model's
     (the heads are initialised from a forked RNG and learn from detached features, the main loss is the
