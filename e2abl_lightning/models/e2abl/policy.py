@@ -228,6 +228,13 @@ def class_tests(views: Views, given: Tensor, confused: Tensor, num_classes: int,
     return ClassTests(dip, p, trapped)
 
 
+def adjusted_p(p: Tensor) -> Tensor:
+    """The tests' p-values ``[K, V]`` times their number, capped at 1: what compares with ``alpha`` (the
+    per-test level is ``alpha / (K * V)``, :meth:`IsolationPolicy.level`)."""
+    k, v = p.shape
+    return (p * k * v).clamp(max=1.0)
+
+
 # ---- name ------------------------------------------------------------------------------------
 def passing(tests: ClassTests, policy: IsolationPolicy) -> Tensor:
     """Classes with a significant, large enough, trapped second population, ``[K, V]`` bool; a view

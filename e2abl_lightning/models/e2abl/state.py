@@ -208,16 +208,16 @@ class IsolationState(nn.Module):
         members = torch.bincount(self.given[valid], minlength=k).clamp(min=1)
         shares = (torch.bincount(self.given[valid & confused], minlength=k) / members).tolist()
         dip, p, trapped = tests.dip.tolist(), tests.p.tolist(), tests.trapped.tolist()
+        adjusted = P.adjusted_p(tests.p).tolist()
         return [
-            [epoch, c, view, dip[c][view], p[c][view], min(p[c][view] * k * v, 1.0), trapped[c][view]]
+            [epoch, c, view, dip[c][view], p[c][view], adjusted[c][view], trapped[c][view]]
             + [ok[c][view], c == naming.target, shares[c]]
             for c in range(k)
             for view in range(v)
         ]
 
     def _logs(self, tests: P.ClassTests, naming: P.Naming, policy: P.IsolationPolicy) -> dict[str, float]:
-        k, v = tests.p.shape
-        adjusted = (tests.p * k * v).clamp(max=1.0)  # Bonferroni-adjusted: compare with alpha
+        adjusted = P.adjusted_p(tests.p)
         return {
             "train/num_flagged": float(self.flagged.sum()),
             "train/num_isolated": float(self.isolated.sum()),
