@@ -149,7 +149,9 @@ def test_non_dense_training_indices_are_refused():
 def test_with_nothing_isolated_the_backbone_trains_exactly_as_the_undefended_model():
     """Do no harm, as a mechanism: until a sample is isolated, E2ABL's main path is the undefended model's
     (the heads are initialised from a forked RNG and learn from detached features, the main loss is the
-    plain cross-entropy), so the backbone ends bit for bit where the undefended one does."""
+    plain cross-entropy), so the backbone ends where the undefended one does. Compared to float rounding:
+    the two modules reduce the batch's loss in different calls, which a CPU may round differently; a
+    broken mechanism (another data order, gradients into the stem) moves the weights far more."""
 
     def fit(model_cls, **kwargs):
         L.seed_everything(0, verbose=False)
@@ -166,4 +168,4 @@ def test_with_nothing_isolated_the_backbone_trains_exactly_as_the_undefended_mod
     assert ours.keys() == theirs.keys()
     assert not torch.equal(theirs["net.convblock1.0.weight"], start["backbone.net.convblock1.0.weight"])  # it trained
     for key in theirs:
-        assert torch.equal(ours[key], theirs[key]), key
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
