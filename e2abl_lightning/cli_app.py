@@ -22,7 +22,7 @@ from e2abl_lightning.callbacks import BackdoorEvalCallback, IsolationMonitor, Tr
 from e2abl_lightning.cli import check_checkpoint
 from e2abl_lightning.data.datamodules import BackdoorDataModule
 from e2abl_lightning.models.base import BackdoorClassifier
-from e2abl_lightning.models.e2abl.policy import blind_spot
+from e2abl_lightning.models.e2abl.policy import DIP_PER_SHARE, PERSISTENCE, blind_spot
 
 
 class E2ABLWarning(UserWarning):
@@ -235,6 +235,7 @@ def fit_summary(trainer: Any, model: Any, datamodule: Any) -> str:
         message = blind_spot(share, int(state.pred_ema.shape[1])) if share > 0 else None
         if message is not None:
             lines.append(f"  {message}")
+        lines += _confusion_lines(_run_dir(trainer), getattr(model, "policy", None))
     isolated = getattr(model, "isolated", None)
     if state is None and isolated is not None and hasattr(isolated, "sum"):
         lines.append(f"  {type(model).__name__} isolated {int(isolated.sum())} training samples")
@@ -243,6 +244,22 @@ def fit_summary(trainer: Any, model: Any, datamodule: Any) -> str:
         extra = "".join(f", {name}" for name in ("suspects.csv", "decisions.csv") if (run / name).is_file())
         lines.append(f"  run directory: {run} (metrics.csv, checkpoints{extra}; `e2abl-report {run}` plots it)")
     return "\n".join(lines)
+
+
+def _confusion_lines(run: Path | None, policy: Any) -> list[str]:
+    """A line per class that showed two populations in at least ``PERSISTENCE`` epochs which the policy read
+    as confusion and never acted on: the one reading a human should check (``decisions.csv``)."""
+    if run is None or policy is None or not (run / "decisions.csv").is_file():
+        return []
+    from e2abl_lightning.report import confusion_epochs
+
+    counts = confusion_epochs(run / "decisions.csv", policy.alpha, policy.min_share / DIP_PER_SHARE)
+    return [
+        f"  class {c} held two populations in {n} epochs that E2ABL read as label confusion (the worse-fitted "
+        "side mostly predicted as other classes) and did not act on; if it may be a target, see decisions.csv"
+        for c, n in counts.items()
+        if n >= PERSISTENCE
+    ]
 
 
 def metric_lines(trainer: Any, prefix: str) -> str:

@@ -82,6 +82,24 @@ def read_decisions(path: Path) -> tuple[dict[int, dict[int, float]], dict[int, s
     return smallest, passed, named
 
 
+def confusion_epochs(path: Path, alpha: float, min_dip: float) -> dict[int, int]:
+    """From E2ABL's ``decisions.csv``: for each class never named, the number of epochs in which some view
+    saw two populations in it at the policy's level (adjusted p below ``alpha``, dip at least ``min_dip``)
+    that the policy read as confusion (the split's worse-fitted side mostly given to other classes, so
+    not ``trapped``). Only classes with at least one such epoch appear."""
+    epochs: dict[int, set[int]] = {}
+    named: set[int] = set()
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            c = int(row["class"])
+            if row["named"] == "True":
+                named.add(c)
+            significant = float(row["adjusted_p"]) < alpha and float(row["dip"]) >= min_dip
+            if significant and row["trapped"] == "False":
+                epochs.setdefault(c, set()).add(int(row["epoch"]))
+    return {c: len(e) for c, e in sorted(epochs.items()) if c not in named}
+
+
 def _alpha(run_dir: Path) -> float | None:
     """The policy's ``alpha`` from the run's ``hparams.yaml``, if it is there."""
     hparams = run_dir / "hparams.yaml"

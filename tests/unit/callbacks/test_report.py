@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from e2abl_lightning.report import main, make_report, read_decisions, read_metrics
+from e2abl_lightning.report import confusion_epochs, main, make_report, read_decisions, read_metrics
 from tests.helpers import Fit
 
 SCRIPT = Path(sys.executable).with_name("e2abl-report")
@@ -45,6 +45,48 @@ def test_report_draws_the_class_tests_of_decisions_csv(gunpoint_run: Fit, tmp_pa
     shutil.copytree(gunpoint_run.log_dir, tmp_path / "run", ignore=shutil.ignore_patterns("decisions.csv"))
     with Image.open(make_report(tmp_path / "run", tmp_path / "without.png")) as image:
         assert image.size[0] < wide
+
+
+def _decisions(path: Path, rows: list[tuple]) -> Path:
+    from e2abl_lightning.models.e2abl.state import TABLE_COLUMNS
+
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(TABLE_COLUMNS)
+        for epoch, c, view, dip, adjusted, trapped, named in rows:
+            writer.writerow([epoch, c, view, dip, adjusted / 12, adjusted, trapped, False, named, 0.6])
+    return path
+
+
+def test_confusion_epochs_counts_significant_splits_read_as_confusion_in_classes_never_named(tmp_path: Path) -> None:
+    """Per class never named: the epochs in which a view was significant (adjusted p below alpha, dip at
+    least the bound) and not trapped. Trapped, weak, small-dip and named classes' rows do not count."""
+    rows = [
+        (1, 0, "max", 0.2, 1e-4, False, False),  # counts
+        (1, 0, "avg", 0.2, 1e-5, False, False),  # same epoch: counted once
+        (2, 0, "max", 0.2, 1e-4, False, False),  # counts
+        (3, 0, "max", 0.2, 0.5, False, False),  # not significant
+        (4, 0, "max", 0.001, 1e-4, False, False),  # dip below the bound
+        (1, 1, "max", 0.2, 1e-4, True, False),  # trapped: a trap, not confusion
+        (1, 2, "max", 0.2, 1e-4, False, False),  # would count, but class 2 was named later
+        (5, 2, "max", 0.2, 1e-4, True, True),
+    ]
+    counts = confusion_epochs(_decisions(tmp_path / "decisions.csv", rows), alpha=0.2, min_dip=0.0125)
+    assert counts == {0: 2}
+
+
+def test_fit_summary_names_a_class_read_as_confusion_in_two_epochs_or_more(tmp_path: Path) -> None:
+    from e2abl_lightning.cli_app import _confusion_lines
+    from e2abl_lightning.models.e2abl import IsolationPolicy
+
+    once = [(1, 3, "max", 0.2, 1e-4, False, False)]
+    twice = [*once, (2, 3, "max", 0.2, 1e-4, False, False)]
+    _decisions(tmp_path / "decisions.csv", once)
+    assert _confusion_lines(tmp_path, IsolationPolicy()) == []
+    _decisions(tmp_path / "decisions.csv", twice)
+    (line,) = _confusion_lines(tmp_path, IsolationPolicy())
+    assert line.startswith("  class 3 held two populations in 2 epochs that E2ABL read as label confusion")
+    assert _confusion_lines(tmp_path, None) == [] and _confusion_lines(None, IsolationPolicy()) == []
 
 
 def test_report_reads_alpha_from_the_runs_hparams(tmp_path: Path) -> None:
