@@ -124,6 +124,8 @@ class E2ABL(BackdoorClassifier):
         self.state.reset_accumulators()
         # one host sync per epoch: while nothing is isolated the step is the undefended one plus the trap
         self._isolating = bool(self.state.isolated.any())
+        # the pseudo-labels read only decided state: once per epoch for the whole bank, indexed per step
+        self._pseudo = pseudo_labels(self.state.pred_ema, self.state.given.clamp(min=0)) if self._isolating else None
 
     # ---- the user's data: the batch contract, checked on a fit's first batch only (no per-step sync) ----
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -147,7 +149,11 @@ class E2ABL(BackdoorClassifier):
         x, y, index = batch["input"], batch["target"], batch["index"]
         out = self.net(x)
         if getattr(self, "_isolating", True):
-            pseudo, confidence = pseudo_labels(self.state.pred_ema[index], y)
+            bank = getattr(self, "_pseudo", None)
+            if bank is not None:
+                pseudo, confidence = bank[0][index], bank[1][index]
+            else:  # a step outside a fit's epoch loop
+                pseudo, confidence = pseudo_labels(self.state.pred_ema[index], y)
             per_main = cleansing_losses(out.main, y, self.state.isolated[index], pseudo, confidence)  # [B]
         else:
             per_main = trusted_losses(out.main, y)  # [B], what cleansing_losses gives a trusted sample

@@ -169,3 +169,39 @@ def test_with_nothing_isolated_the_backbone_trains_exactly_as_the_undefended_mod
     assert not torch.equal(theirs["net.convblock1.0.weight"], start["backbone.net.convblock1.0.weight"])  # it trained
     for key in theirs:
         torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_pseudo_labels_taken_once_per_epoch_give_the_step_the_same_loss_and_gradients():
+    """The step indexes pseudo-labels computed for the whole bank at the epoch start (they read only decided
+    state); a row of them is the row a per-batch computation gives, so the loss and every gradient match
+    bit for bit. Compared with a reference that recomputes them per batch, on isolated and trusted samples."""
+    n, k = 40, 3
+    torch.manual_seed(0)
+    model = E2ABL(backbone=SMALL_FCN, num_classes=k, input_shape=(1, 24))
+    model.state.resize(n, k, len(model.net.heads) + 1)
+    model.state.given.copy_(torch.arange(n) % k)
+    model.state.pred_ema.copy_(torch.rand(n, k).softmax(dim=1))
+    model.state.isolated[::3] = True
+    index = torch.tensor([5, 0, 9, 33, 12, 3, 27, 39])
+    batch = {"input": torch.randn(len(index), 1, 24), "target": model.state.given[index], "index": index}
+
+    def step(per_epoch: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        if per_epoch:
+            model.on_train_epoch_start()
+            assert model._pseudo is not None
+        else:
+            model._isolating, model._pseudo = True, None
+        torch.manual_seed(1)
+        loss = model.training_step(batch, 0)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    ref_loss, ref_grads = step(per_epoch=False)
+    loss, grads = step(per_epoch=True)
+    assert torch.equal(loss, ref_loss)
+    assert len(grads) == len(ref_grads) > 0
+    assert all(torch.equal(g, r) for g, r in zip(grads, ref_grads, strict=True))
+    model.state.isolated.zero_()
+    model.on_train_epoch_start()  # nothing isolated: the step is the undefended one and needs no pseudo-labels
+    assert model._pseudo is None and not model._isolating
