@@ -123,9 +123,11 @@ class E2ABL(BackdoorClassifier):
     def on_train_epoch_start(self) -> None:
         self.state.reset_accumulators()
         # one host sync per epoch: while nothing is isolated the step is the undefended one plus the trap
-        self._isolating = bool(self.state.isolated.any())
-        # the pseudo-labels read only decided state: once per epoch for the whole bank, indexed per step
-        self._pseudo = pseudo_labels(self.state.pred_ema, self.state.given.clamp(min=0)) if self._isolating else None
+        self._pseudo = self._bank_pseudo_labels() if bool(self.state.isolated.any()) else None
+
+    def _bank_pseudo_labels(self) -> tuple[Tensor, Tensor]:
+        """Every sample's pseudo-label and confidence: they read only decided state, so once per epoch."""
+        return pseudo_labels(self.state.pred_ema, self.state.given.clamp(min=0))
 
     # ---- the user's data: the batch contract, checked on a fit's first batch only (no per-step sync) ----
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -148,12 +150,10 @@ class E2ABL(BackdoorClassifier):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         x, y, index = batch["input"], batch["target"], batch["index"]
         out = self.net(x)
-        if getattr(self, "_isolating", True):
-            bank = getattr(self, "_pseudo", None)
-            if bank is not None:
-                pseudo, confidence = bank[0][index], bank[1][index]
-            else:  # a step outside a fit's epoch loop
-                pseudo, confidence = pseudo_labels(self.state.pred_ema[index], y)
+        # a step outside a fit's epoch loop takes the cleansing path, which is exact for trusted samples too
+        bank = self._pseudo if hasattr(self, "_pseudo") else self._bank_pseudo_labels()
+        if bank is not None:
+            pseudo, confidence = bank[0][index], bank[1][index]
             per_main = cleansing_losses(out.main, y, self.state.isolated[index], pseudo, confidence)  # [B]
         else:
             per_main = trusted_losses(out.main, y)  # [B], what cleansing_losses gives a trusted sample

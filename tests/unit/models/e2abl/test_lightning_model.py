@@ -11,6 +11,8 @@ from e2abl_lightning.data.datamodules import UCRDataModule
 from e2abl_lightning.data.poison import ORACLE_KEYS
 from e2abl_lightning.models.baselines import NoDefense
 from e2abl_lightning.models.e2abl import E2ABL, IsolationPolicy
+from e2abl_lightning.models.e2abl.loss import cleansing_losses, shallow_losses, total_loss
+from e2abl_lightning.models.e2abl.policy import pseudo_labels
 from tests.helpers import SMALL_FCN, SeparableSeries, gunpoint, quiet_trainer, tiny_fit
 
 
@@ -174,7 +176,7 @@ def test_with_nothing_isolated_the_backbone_trains_exactly_as_the_undefended_mod
 def test_pseudo_labels_taken_once_per_epoch_give_the_step_the_same_loss_and_gradients():
     """The step indexes pseudo-labels computed for the whole bank at the epoch start (they read only decided
     state); a row of them is the row a per-batch computation gives, so the loss and every gradient match
-    bit for bit. Compared with a reference that recomputes them per batch, on isolated and trusted samples."""
+    a step that computes them from the batch, bit for bit, on isolated and trusted samples."""
     n, k = 40, 3
     torch.manual_seed(0)
     model = E2ABL(backbone=SMALL_FCN, num_classes=k, input_shape=(1, 24))
@@ -183,25 +185,24 @@ def test_pseudo_labels_taken_once_per_epoch_give_the_step_the_same_loss_and_grad
     model.state.pred_ema.copy_(torch.rand(n, k).softmax(dim=1))
     model.state.isolated[::3] = True
     index = torch.tensor([5, 0, 9, 33, 12, 3, 27, 39])
-    batch = {"input": torch.randn(len(index), 1, 24), "target": model.state.given[index], "index": index}
+    x, y = torch.randn(len(index), 1, 24), model.state.given[index]
 
-    def step(per_epoch: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def grads(loss: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         model.zero_grad()
-        if per_epoch:
-            model.on_train_epoch_start()
-            assert model._pseudo is not None
-        else:
-            model._isolating, model._pseudo = True, None
-        torch.manual_seed(1)
-        loss = model.training_step(batch, 0)
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
-    ref_loss, ref_grads = step(per_epoch=False)
-    loss, grads = step(per_epoch=True)
+    out = model.net(x)  # the reference: pseudo-labels of the batch's own rows
+    pseudo, confidence = pseudo_labels(model.state.pred_ema[index], y)
+    per_main = cleansing_losses(out.main, y, model.state.isolated[index], pseudo, confidence)
+    ref_loss, ref_grads = grads(total_loss(per_main, shallow_losses(out.shallow, y)))
+    model.on_train_epoch_start()
+    assert model._pseudo is not None
+    with pytest.warns(UserWarning, match="log"):  # self.log outside a Trainer warns
+        loss, step_grads = grads(model.training_step({"input": x, "target": y, "index": index}, 0))
     assert torch.equal(loss, ref_loss)
-    assert len(grads) == len(ref_grads) > 0
-    assert all(torch.equal(g, r) for g, r in zip(grads, ref_grads, strict=True))
+    assert len(step_grads) == len(ref_grads) > 0
+    assert all(torch.equal(g, r) for g, r in zip(step_grads, ref_grads, strict=True))
     model.state.isolated.zero_()
     model.on_train_epoch_start()  # nothing isolated: the step is the undefended one and needs no pseudo-labels
-    assert model._pseudo is None and not model._isolating
+    assert model._pseudo is None
