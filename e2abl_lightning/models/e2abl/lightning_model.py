@@ -124,6 +124,7 @@ class E2ABL(BackdoorClassifier):
         self.state.reset_accumulators()
         # one host sync per epoch: while nothing is isolated the step is the undefended one plus the trap
         self._pseudo = self._bank_pseudo_labels() if bool(self.state.isolated.any()) else None
+        self._sketching = self.state.sketching  # the inputs' sketch is gathered until the first decision
 
     def _bank_pseudo_labels(self) -> tuple[Tensor, Tensor]:
         """Every sample's pseudo-label and confidence: they read only decided state, so once per epoch."""
@@ -161,6 +162,8 @@ class E2ABL(BackdoorClassifier):
         with torch.no_grad():
             logits = torch.cat([out.shallow.float(), out.main.float().unsqueeze(0)])  # [V, B, K]
             self.state.accumulate(index, margins(logits, y), logits[-1].softmax(dim=1), y)
+            if getattr(self, "_sketching", True):
+                self.state.accumulate_sketch(index, x)
         if "poisoned" in batch and "original_target" in batch and not getattr(self, "_oracle_whole", False):
             self.state.record_oracle(index, batch["poisoned"], batch["original_target"])
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=y.shape[0])

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from e2abl_lightning.models.e2abl.dip import dip_pvalue, dip_test
+from e2abl_lightning.models.e2abl.reference import ContentTests, lifted
 
 #: consecutive passing epochs before a class is named, and consecutive quiet epochs before it is released
 PERSISTENCE = 2
@@ -244,13 +245,19 @@ def passing(tests: ClassTests, policy: IsolationPolicy) -> Tensor:
     return ok & (ok.sum(dim=0, keepdim=True) == 1)
 
 
-def candidate(tests: ClassTests, policy: IsolationPolicy) -> int:
-    """This epoch's candidate target: the passing class with the smallest p-value, or -1."""
+def candidate(tests: ClassTests, policy: IsolationPolicy, content: ContentTests | None = None) -> int:
+    """This epoch's candidate target: the passing class with the smallest p-value; where no class passes
+    the class test, the class with the smallest p-value of the content test (``reference.py``) if it
+    passes at ``alpha / (K * H)``; else -1. The content test names one class: an easy class that echoes a
+    real target (its members resemble the target's poisons) has far less evidence than the target."""
     ok = passing(tests, policy)
-    if not bool(ok.any()):
+    if bool(ok.any()):
+        p = torch.where(ok, tests.p, torch.full_like(tests.p, 2.0))
+        return int(p.min(dim=1).values.argmin())
+    if content is None:
         return -1
-    p = torch.where(ok, tests.p, torch.full_like(tests.p, 2.0))
-    return int(p.min(dim=1).values.argmin())
+    best = content.p.min(dim=1).values
+    return int(best.argmin()) if float(best.min()) < policy.level(*content.p.shape) else -1
 
 
 class Naming(NamedTuple):
@@ -262,15 +269,20 @@ class Naming(NamedTuple):
     quiet: int  # consecutive epochs the named target showed one population in every view
 
 
-def name_target(previous: Naming, tests: ClassTests, policy: IsolationPolicy) -> Naming:
+def name_target(
+    previous: Naming, tests: ClassTests, policy: IsolationPolicy, content: ContentTests | None = None
+) -> Naming:
     """Name a class after ``PERSISTENCE`` passing epochs in a row as the candidate, whether or not
     another class is named (the better-supported class replaces it); release a named class after as
-    many epochs in which every view's p-value for it is above ``RELEASE_P``. Re-examined every epoch."""
-    cand = candidate(tests, policy)
+    many epochs in which every view's p-value for it, and every head's content p-value, is above
+    ``RELEASE_P``. Re-examined every epoch."""
+    cand = candidate(tests, policy, content)
     streak = previous.streak + 1 if cand >= 0 and cand == previous.candidate else int(cand >= 0)
     target, quiet = previous.target, 0
     if target >= 0:
-        quiet = previous.quiet + 1 if bool((tests.p[target] > RELEASE_P).all()) else 0
+        calm = bool((tests.p[target] > RELEASE_P).all())
+        calm &= content is None or bool((content.p[target] > RELEASE_P).all())
+        quiet = previous.quiet + 1 if calm else 0
         if quiet >= PERSISTENCE:
             target, quiet = -1, 0
     if cand >= 0 and cand != target and streak >= PERSISTENCE:
@@ -301,6 +313,15 @@ def cut(
         held = anchor[members] if anchor is not None else None
         out[members] = odd_side(z[members], confused[members], fit[members], held)[0]
     return out, view
+
+
+def content_cut(margins: Tensor, given: Tensor, content: ContentTests, target: int, policy: IsolationPolicy) -> Tensor:
+    """Where the class test gives no cut: the lifted set of class ``target`` under the shallow head whose
+    content test is most significant, if that test passes, ``[N]`` bool (``margins`` ``[H, N]``)."""
+    head = int(content.p[target].argmin())
+    if float(content.p[target, head]) >= policy.level(*content.p.shape):
+        return torch.zeros_like(given, dtype=torch.bool)
+    return lifted(margins[head], given, target)
 
 
 def witnesses(num_heads: int) -> Tensor:

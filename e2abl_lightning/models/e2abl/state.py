@@ -15,11 +15,13 @@ from torch import Tensor, nn
 
 from e2abl_lightning.metrics.functional import isolation_precision_recall
 from e2abl_lightning.models.e2abl import policy as P
+from e2abl_lightning.models.e2abl import reference as R
 
 #: ``all_reduce(tensor, op)`` in place, ``op`` in {"sum", "max"}.
 AllReduce = Callable[[Tensor, str], None]
 
-# name: (dims, dtype, fill); "v" views (shallow heads, then the main head), "n" samples, "k" classes
+# name: (dims, dtype, fill); "v" views (shallow heads, then the main head), "n" samples, "k" classes,
+# "d" the width of the inputs' sketch (reference.SKETCH_DIM)
 _PERSISTENT = {
     "score": ("vn", torch.float32, float("nan")),
     "last_z": ("vn", torch.float32, float("nan")),
@@ -30,12 +32,14 @@ _PERSISTENT = {
     "recovered": ("n", torch.long, -1),
     "flag_count": ("n", torch.long, 0),
     "first_flagged": ("n", torch.long, -1),
+    "content": ("n", torch.long, -1),
 }
 _ACCUMULATORS = {
     "acc_margin": ("vn", torch.float32, 0),
     "acc_count": ("n", torch.float32, 0),
     "acc_prob": ("nk", torch.float32, 0),
     "acc_given": ("n", torch.long, -1),
+    "acc_sketch": ("nd", torch.float32, 0),
     "oracle_poisoned": ("n", torch.long, -1),
     "oracle_true": ("n", torch.long, -1),
 }
@@ -48,7 +52,7 @@ _SCALARS = {
     "view": -1,
     "epochs_decided": 0,
 }
-_SUM = ("acc_margin", "acc_count", "acc_prob")
+_SUM = ("acc_margin", "acc_count", "acc_prob", "acc_sketch")
 #: oracle keys (metrics only) are kept across epochs: a sample not seen this epoch keeps its key
 _ORACLE = ("oracle_poisoned", "oracle_true")
 _MAX = ("acc_given", "oracle_poisoned", "oracle_true")
@@ -77,7 +81,7 @@ class IsolationState(nn.Module):
 
     def resize(self, num_samples: int, num_classes: int, num_views: int) -> None:
         """(Re)allocate every per-sample buffer, clearing it."""
-        sizes = {"n": num_samples, "k": num_classes, "v": num_views}
+        sizes = {"n": num_samples, "k": num_classes, "v": num_views, "d": R.SKETCH_DIM}
         device = self.suspected_target.device
         for table, persistent in ((_PERSISTENT, True), (_ACCUMULATORS, False)):
             for name, (dims, dtype, fill) in table.items():
@@ -103,6 +107,20 @@ class IsolationState(nn.Module):
         self.acc_count.index_add_(0, index, torch.ones_like(index, dtype=torch.float32))
         self.acc_prob.index_add_(0, index, probs.float())
         self.acc_given.scatter_reduce_(0, index, given, "amax")
+
+    @property
+    def sketching(self) -> bool:
+        """Whether the inputs' sketch is still being gathered: until the first decision finds the content
+        labels (one host sync)."""
+        return not bool((self.content >= 0).any())
+
+    @torch.no_grad()
+    def accumulate_sketch(self, index: Tensor, inputs: Tensor) -> None:
+        """Add one batch's inputs ``[B, ...]`` to the sketch (a fixed projection, ``reference.sketch_matrix``)."""
+        flat = inputs.detach().flatten(1).float()
+        if getattr(self, "_projection", None) is None or self._projection.shape[0] != flat.shape[1]:
+            self._projection = R.sketch_matrix(flat.shape[1]).to(flat.device)
+        self.acc_sketch.index_add_(0, index, flat @ self._projection)
 
     @torch.no_grad()
     def record_oracle(self, index: Tensor, poisoned: Tensor, original_target: Tensor) -> None:
@@ -155,27 +173,59 @@ class IsolationState(nn.Module):
         tests = P.class_tests(views, self.given, confused, k, policy.level(k, views.z.shape[0]))
         if float(self.detectable) >= 1.0:  # too small to isolate anything: train as undefended
             tests = P.ClassTests(tests.dip, torch.ones_like(tests.p), tests.trapped)
+        content = self._content_tests() if float(self.detectable) < 1.0 else None
         before = int(self.suspected_target)
-        naming = P.name_target(self._naming(), tests, policy)
+        naming = P.name_target(self._naming(), tests, policy, content)
         self._store(naming)
         if naming.target != before:
             self.isolated.zero_()  # a new target or a release: the cut starts afresh
         shown = naming.target if naming.target >= 0 else naming.candidate
         self.flagged.zero_()
         if shown >= 0:
-            usable, anchor = P.passing(tests, policy)[shown], None
-            if naming.target == before >= 0:  # being cleansed since an earlier epoch
-                usable &= P.witnesses(self.score.shape[0])
-                anchor = self.isolated
-            flagged, view = P.cut(views, self.given, confused, tests, shown, usable, anchor)
-            self.flagged.copy_(flagged)
-            if view >= 0:
-                self.view.fill_(view)
+            self._cut(views, tests, content, confused, shown, naming.target == before >= 0, policy)
         if naming.target >= 0:
             self.isolated |= self.flagged
         self._record(epoch)
         self.table = self._table(epoch, tests, naming, policy, confused)
-        return self._logs(tests, naming, policy)
+        return {**self._logs(tests, naming, policy), **self._content_logs(content)}
+
+    @staticmethod
+    def _content_logs(content: R.ContentTests | None) -> dict[str, float]:
+        if content is None:
+            return {}
+        adjusted = (content.p * content.p.numel()).clamp(max=1.0)
+        return {"train/content_min_adjusted_p": float(adjusted.min()), "train/content_max_share": float(content.share.max())}
+
+    def _cut(self, views, tests, content, confused, shown: int, cleansing: bool, policy: P.IsolationPolicy) -> None:
+        """Flag class ``shown``'s odd side in its most significant usable view of the class test or, where
+        it passes in none, the lifted set of its content test."""
+        usable, anchor = P.passing(tests, policy)[shown], None
+        if cleansing:  # being cleansed since an earlier epoch
+            usable &= P.witnesses(self.score.shape[0])
+            anchor = self.isolated
+        if bool(usable.any()) or content is None:
+            flagged, view = P.cut(views, self.given, confused, tests, shown, usable, anchor)
+            if view >= 0:
+                self.view.fill_(view)
+        else:
+            flagged = P.content_cut(self._shallow_margins(), self.given, content, shown, policy)
+        self.flagged.copy_(flagged)
+
+    def _shallow_margins(self) -> Tensor:
+        """The shallow heads' mean margins of the epoch, ``[H, N]`` (the main head is the last view)."""
+        return (self.acc_margin / self.acc_count.clamp(min=1))[:-1]
+
+    def _content_tests(self) -> R.ContentTests | None:
+        """The content test of every class under every shallow head; the content labels are found once,
+        at the first decision, from the sketch the first epoch gathered (None where no sketch was)."""
+        k = self.pred_ema.shape[1]
+        if self.sketching:
+            seen = self.acc_count > 0
+            if not bool(seen.any()) or not bool(self.acc_sketch.any()):
+                return None
+            sketch = self.acc_sketch / self.acc_count.clamp(min=1).unsqueeze(1)
+            self.content.copy_(R.content_labels(sketch, torch.where(seen, self.given, -1), k))
+        return R.content_tests(self._shallow_margins(), self.given, self.content, k)
 
     def _naming(self) -> P.Naming:
         return P.Naming(

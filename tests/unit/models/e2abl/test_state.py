@@ -178,3 +178,30 @@ def test_the_table_says_which_class_passed_which_view_abstained_and_which_class_
     assert [table[c, 0]["named"] for c in range(3)] == [False, True, False]
     assert [table[c, 0]["confused_share"] for c in range(3)] == [0.5, 1.0, 0.0]
     assert table[0, 0]["adjusted_p"] == pytest.approx(0.1) and table[1, 0]["adjusted_p"] == 1.0
+
+
+def test_a_shifted_trap_is_named_by_the_content_of_its_lifted_members():
+    """Class 0's poisons are only shifted in the heads' scores (no second population), but their inputs
+    look like classes 1-3: the sketch gathered in the first epoch gives them those content labels, and
+    the content test names class 0 and cuts its lifted members."""
+    g = torch.Generator().manual_seed(3)
+    centres = 20 * torch.eye(K, 8)
+    true = torch.arange(N) % K
+    inputs = centres[true] + torch.randn(N, 8, generator=g)  # a poison keeps its source class's content
+    poisons = (torch.arange(N) < 52) & (true != 0)  # 39 samples of classes 1-3 given label 0
+    given = torch.where(poisons, torch.zeros_like(true), true)
+    policy = IsolationPolicy()
+    state = IsolationState(N, K, V)
+    for epoch in range(3):
+        state.reset_accumulators()
+        margin = torch.randn(V, N, generator=g)
+        margin[:2, poisons] += 3.0  # both shallow heads fit the poisons better: a shift, not a split
+        probs = torch.softmax(4 * torch.eye(K)[given], dim=1)
+        state.accumulate(torch.arange(N), margin, probs, given)
+        if state.sketching:
+            state.accumulate_sketch(torch.arange(N), inputs)
+        state.decide(epoch, policy)
+        assert not state.sketching
+    assert torch.equal(state.content[poisons], true[poisons])  # the source classes
+    assert int(state.suspected_target) == 0 and int(state.view) == -1  # named by content, not by the dip
+    assert bool(state.isolated[poisons].float().mean() > 0.8) and not bool(state.isolated[given != 0].any())

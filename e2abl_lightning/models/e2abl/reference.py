@@ -1,0 +1,132 @@
+"""The content test: does what the trap lifts in a class look like the other classes?
+
+The class test (:mod:`~e2abl_lightning.models.e2abl.policy`) finds poisons that form a second
+population inside their class. Some triggers (a blend, a learned warp of the whole input) only *shift*
+the poisons inside their class's scores, and no unimodality test sees them. They still stand out
+against the other classes: the trap fits them better than nearly every sample of every other class.
+An easy clean class does too, so standing out does not name a target by itself. What tells them apart
+is the content. All-to-one poisons are samples of the other classes with a trigger; a clean class's
+best-fitted members are its most typical ones. So:
+
+* **content reference**: each sample's content label is the majority label of its nearest neighbours
+  among the samples of the *other* classes, in a fixed random sketch of the raw inputs (computed once,
+  from the first epoch's inputs; the model's features would carry the trigger). A poison's content
+  label is its source class; a clean member's is the class it most resembles.
+* **lifted set**: a shallow head's members of class ``c`` whose margin is above the ``LIFT_QUANTILE``
+  quantile of that head's margins over every other class.
+* **test**: the lifted set's content labels are a mixture: a share ``lambda`` spread like the other
+  classes' sizes (all-to-one poisons are drawn from every other class in proportion), the rest like
+  the content labels of the class's members that are not lifted. The null is that at most half of the
+  lifted set is such poisons (``lambda <= 1/2``): a likelihood-ratio test, one-sided, at the policy's
+  level over the ``K x H`` tests. An easy class's lifted members point at one or two similar classes,
+  like the rest of their class, and stay far below one half.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+#: width of the fixed random sketch of the inputs in which neighbours are found
+SKETCH_DIM = 64
+#: neighbours whose majority label is a sample's content label
+NEIGHBOURS = 10
+#: a member is lifted when its margin is above this quantile of the head's margins over the other classes
+LIFT_QUANTILE = 0.95
+#: the null: at most this share of the lifted set is all-to-one poisons
+NULL_SHARE = 0.5
+#: the fewest lifted and non-lifted members a class needs for the test
+MIN_MEMBERS = 5
+
+
+def sketch_matrix(in_features: int, dim: int = SKETCH_DIM, seed: int = 0) -> Tensor:
+    """A fixed Gaussian projection ``[in_features, dim]`` from its own generator (the run's random
+    stream is untouched), scaled so that distances keep their size (Johnson-Lindenstrauss)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(in_features, dim, generator=generator) / math.sqrt(dim)
+
+
+@torch.no_grad()
+def content_labels(sketch: Tensor, given: Tensor, num_classes: int, k: int = NEIGHBOURS) -> Tensor:
+    """Each sample's content label ``[N]``: the majority given label of its ``k`` nearest samples of the
+    other classes (Euclidean, in ``sketch`` ``[N, D]``); -1 where ``given`` is -1 (never seen)."""
+    out = torch.full_like(given, -1)
+    seen = given >= 0
+    pool, labels = sketch[seen].float(), given[seen]
+    if labels.numel() < 2 or int(labels.unique().numel()) < 2:
+        return out
+    norms = (pool * pool).sum(dim=1)
+    found = torch.empty_like(labels)
+    chunk = max(1, 2**25 // labels.numel())  # rows per block of distances: about 128 MiB
+    for start in range(0, labels.numel(), chunk):
+        rows = slice(start, start + chunk)
+        distance = norms[rows, None] + norms[None] - 2 * pool[rows] @ pool.T
+        distance.masked_fill_(labels[None] == labels[rows, None], float("inf"))  # only the other classes
+        near = distance.topk(min(k, labels.numel()), dim=1, largest=False)
+        votes = torch.nn.functional.one_hot(labels[near.indices], num_classes)
+        votes = votes.masked_fill(near.values.isinf().unsqueeze(2), 0).sum(dim=1)  # [B, K]
+        found[rows] = votes.argmax(dim=1)
+    out[seen] = found
+    return out
+
+
+def lifted(margin: Tensor, given: Tensor, c: int, quantile: float = LIFT_QUANTILE) -> Tensor:
+    """Members of class ``c`` whose ``margin`` ``[N]`` is above the ``quantile`` of the margins of the
+    other classes' samples, ``[N]`` bool (``given`` -1: unseen, never lifted nor counted)."""
+    others = margin[(given >= 0) & (given != c)].float()
+    if others.numel() == 0:
+        return torch.zeros_like(given, dtype=torch.bool)
+    return (given == c) & (margin.float() > torch.quantile(others, quantile))
+
+
+def mixture_pvalue(content: Tensor, spread: Tensor, rest: Tensor, iterations: int = 200) -> tuple[float, float]:
+    """The share ``lambda`` of ``content`` (labels ``[n]``) drawn from ``spread`` rather than ``rest``
+    (distributions ``[K]``), by maximum likelihood, and the one-sided likelihood-ratio p-value of
+    ``lambda <= NULL_SHARE`` (the null's boundary gives half a chi-square with one degree of freedom)."""
+    a, b = spread.double()[content], rest.double()[content]
+    share = torch.tensor(NULL_SHARE, dtype=torch.float64)
+    for _ in range(iterations):  # EM for a two-component mixture with known components
+        share = (share * a / (share * a + (1 - share) * b).clamp(min=1e-300)).mean()
+    if float(share) <= NULL_SHARE:
+        return float(share), 1.0
+
+    def loglik(s: Tensor) -> Tensor:
+        return (s * a + (1 - s) * b).clamp(min=1e-300).log().sum()
+
+    statistic = max(0.0, 2 * float(loglik(share) - loglik(torch.tensor(NULL_SHARE, dtype=torch.float64))))
+    return float(share), 0.5 * math.erfc(math.sqrt(statistic / 2))
+
+
+class ContentTests(NamedTuple):
+    """Per class and shallow head: the estimated poisoned share of the lifted set and its p-value."""
+
+    share: Tensor  # [K, H] float64
+    p: Tensor  # [K, H] float64
+
+
+def content_tests(margins: Tensor, given: Tensor, content: Tensor, num_classes: int) -> ContentTests:
+    """The content test of every class under every shallow head (``margins`` ``[H, N]``; ``content``
+    ``[N]`` from :func:`content_labels`). Loops over K x H, on the host."""
+    margins, given, content = margins.detach().cpu(), given.cpu(), content.cpu()
+    h = margins.shape[0]
+    share = torch.zeros(num_classes, h, dtype=torch.float64)
+    p = torch.ones(num_classes, h, dtype=torch.float64)
+    known = (given >= 0) & (content >= 0)
+    sizes = torch.bincount(given[known], minlength=num_classes).double()
+    for c in range(num_classes):
+        spread = sizes.clone()
+        spread[c] = 0
+        if float(spread.sum()) == 0:
+            continue
+        spread /= spread.sum()
+        for head in range(h):
+            up = lifted(margins[head], given, c) & known
+            down = (given == c) & known & ~up
+            if int(up.sum()) < MIN_MEMBERS or int(down.sum()) < MIN_MEMBERS:
+                continue
+            rest = torch.bincount(content[down], minlength=num_classes).double() + 0.5  # add-half smoothing
+            share[c, head], p[c, head] = mixture_pvalue(content[up], spread, rest / rest.sum())
+    return ContentTests(share, p)
