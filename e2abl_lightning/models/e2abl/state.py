@@ -93,6 +93,8 @@ class IsolationState(nn.Module):
         if prefix + "score" in state_dict:
             v, n = state_dict[prefix + "score"].shape
             self.resize(n, state_dict[prefix + "pred_ema"].shape[1], v)
+            # a checkpoint from before the content test: its content labels are found again from the inputs
+            state_dict.setdefault(prefix + "content", torch.full((n,), -1, dtype=torch.long))
 
     # ---- during the epoch ---------------------------------------------------------------------
     def reset_accumulators(self) -> None:

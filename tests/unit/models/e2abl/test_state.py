@@ -205,3 +205,12 @@ def test_a_shifted_trap_is_named_by_the_content_of_its_lifted_members():
     assert torch.equal(state.content[poisons], true[poisons])  # the source classes
     assert int(state.suspected_target) == 0 and int(state.view) == -1  # named by content, not by the dip
     assert bool(state.isolated[poisons].float().mean() > 0.8) and not bool(state.isolated[given != 0].any())
+
+
+def test_a_checkpoint_from_before_the_content_test_loads_and_finds_its_content_again():
+    (state,) = _run(False, epochs=3)
+    old = {k: v for k, v in state.state_dict().items() if k != "content"}
+    fresh = IsolationState()
+    fresh.load_state_dict_sizes(old, "")
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.isolated, state.isolated) and fresh.sketching
