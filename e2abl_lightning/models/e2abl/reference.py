@@ -16,9 +16,9 @@ best-fitted members are its most typical ones. So:
   quantile of that head's margins over every other class.
 * **test**: the lifted set's content labels are a mixture: a share ``lambda`` spread like the other
   classes' sizes (all-to-one poisons are drawn from every other class in proportion), the rest like
-  the content labels of the class's members that are not lifted. The null is that at most half of the
-  lifted set is such poisons (``lambda <= 1/2``): a likelihood-ratio test, one-sided, at the policy's
-  level over the ``K x H`` tests. An easy class's lifted members point at one or two similar classes,
+  the content labels of the class's members that are not lifted (a distribution estimated with the
+  share). The null is that at most half of the lifted set is such poisons (``lambda <= 1/2``): a
+  likelihood-ratio test, one-sided, at the policy's level over the ``K x H`` tests. An easy class's lifted members point at one or two similar classes,
   like the rest of their class, and stay far below one half.
 """
 
@@ -82,22 +82,37 @@ def lifted(margin: Tensor, given: Tensor, c: int, quantile: float = LIFT_QUANTIL
     return (given == c) & (margin.float() > torch.quantile(others, quantile))
 
 
-def mixture_pvalue(content: Tensor, spread: Tensor, rest: Tensor, iterations: int = 200) -> tuple[float, float]:
-    """The share ``lambda`` of ``content`` (labels ``[n]``) drawn from ``spread`` rather than ``rest``
-    (distributions ``[K]``), by maximum likelihood, and the one-sided likelihood-ratio p-value of
-    ``lambda <= NULL_SHARE`` (the null's boundary gives half a chi-square with one degree of freedom)."""
-    a, b = spread.double()[content], rest.double()[content]
-    share = torch.tensor(NULL_SHARE, dtype=torch.float64)
-    for _ in range(iterations):  # EM for a two-component mixture with known components
-        share = (share * a / (share * a + (1 - share) * b).clamp(min=1e-300)).mean()
-    if float(share) <= NULL_SHARE:
-        return float(share), 1.0
+def _mixture_fit(lifted: Tensor, rest: Tensor, spread: Tensor, cap: float, iterations: int) -> tuple[float, float]:
+    """EM for ``lifted ~ s * spread + (1 - s) * R``, ``rest ~ R``, with ``s <= cap`` and ``R`` free
+    (add-half smoothed): the share ``s`` and the log-likelihood at the fit."""
+    k = spread.numel()
+    counts = torch.bincount(rest, minlength=k).double()
+    a = spread.double()[lifted]
+    share, weight = min(NULL_SHARE, cap), torch.ones_like(a)  # R starts from the rest alone
+    for _ in range(iterations):
+        other = counts + torch.bincount(lifted, weights=1 - weight, minlength=k) + 0.5
+        other = (other / other.sum())[lifted]
+        weight = share * a / (share * a + (1 - share) * other).clamp(min=1e-300)
+        share = min(float(weight.mean()), cap)
+    r = counts + torch.bincount(lifted, weights=1 - weight, minlength=k) + 0.5
+    r = r / r.sum()
+    loglik = r[rest].log().sum() + (share * a + (1 - share) * r[lifted]).clamp(min=1e-300).log().sum()
+    return share, float(loglik)
 
-    def loglik(s: Tensor) -> Tensor:
-        return (s * a + (1 - s) * b).clamp(min=1e-300).log().sum()
 
-    statistic = max(0.0, 2 * float(loglik(share) - loglik(torch.tensor(NULL_SHARE, dtype=torch.float64))))
-    return float(share), 0.5 * math.erfc(math.sqrt(statistic / 2))
+def mixture_pvalue(lifted: Tensor, rest: Tensor, spread: Tensor, iterations: int = 200) -> tuple[float, float]:
+    """The share ``s`` of the ``lifted`` content labels ``[n]`` drawn from ``spread`` ``[K]`` (the other
+    classes by size) rather than from the distribution ``R`` of the class's other members' labels
+    (``rest`` ``[m]``), and the p-value of ``s <= NULL_SHARE``: a likelihood-ratio test in which ``R`` is
+    estimated under each hypothesis from the rest and the lifted set's unexplained part (so a class of a
+    few dozen members, whose ``R`` is poorly known, does not pass on that uncertainty); the null's
+    boundary gives half a chi-square with one degree of freedom."""
+    share, full = _mixture_fit(lifted, rest, spread, 1.0, iterations)
+    if share <= NULL_SHARE:
+        return share, 1.0
+    _, null = _mixture_fit(lifted, rest, spread, NULL_SHARE, iterations)
+    statistic = max(0.0, 2 * (full - null))
+    return share, 0.5 * math.erfc(math.sqrt(statistic / 2))
 
 
 class ContentTests(NamedTuple):
@@ -127,6 +142,5 @@ def content_tests(margins: Tensor, given: Tensor, content: Tensor, num_classes: 
             down = (given == c) & known & ~up
             if int(up.sum()) < MIN_MEMBERS or int(down.sum()) < MIN_MEMBERS:
                 continue
-            rest = torch.bincount(content[down], minlength=num_classes).double() + 0.5  # add-half smoothing
-            share[c, head], p[c, head] = mixture_pvalue(content[up], spread, rest / rest.sum())
+            share[c, head], p[c, head] = mixture_pvalue(content[up], content[down], spread)
     return ContentTests(share, p)

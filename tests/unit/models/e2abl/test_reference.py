@@ -43,18 +43,30 @@ def test_the_mixture_share_is_large_for_spread_labels_and_the_null_holds_for_the
     gen = torch.Generator().manual_seed(0)
     spread = torch.full((10,), 0.1)
     rest = torch.tensor([0.0, 0.7, 0.2] + [0.1 / 7] * 7)
+    members = torch.multinomial(rest, 300, replacement=True, generator=gen)
     poisons = torch.multinomial(spread, 400, replacement=True, generator=gen)
-    share, p = R.mixture_pvalue(poisons, spread, rest)
+    share, p = R.mixture_pvalue(poisons, members, spread)
     assert share > 0.9 and p < 1e-10
     clean = torch.multinomial(rest, 400, replacement=True, generator=gen)
-    assert R.mixture_pvalue(clean, spread, rest)[1] == 1.0
+    assert R.mixture_pvalue(clean, members, spread)[1] == 1.0
     # at the null's boundary (half poisons) the test rejects at about its level, not more
     rejected = 0
     for _ in range(200):
+        draw = torch.multinomial(rest, 300, True, generator=gen)
         half = torch.where(torch.rand(300, generator=gen) < 0.5, torch.multinomial(spread, 300, True, generator=gen),
                            torch.multinomial(rest, 300, True, generator=gen))
-        rejected += R.mixture_pvalue(half, spread, rest)[1] < 0.05
+        rejected += R.mixture_pvalue(half, draw, spread)[1] < 0.05
     assert rejected <= 20  # 5% of 200 is 10
+
+
+def test_a_few_dozen_members_do_not_pass_on_how_little_is_known_of_their_class():
+    """Twenty members whose labels differ from the lifted ones by chance of a small sample: the rest's
+    distribution is estimated with the share, so the lifted labels it has not seen do not make poisons."""
+    spread = torch.full((6,), 0.2)
+    spread[0] = 0.0
+    members = torch.tensor([1] * 12 + [2] * 8)
+    lifted = torch.tensor([3] * 20 + [1] * 10 + [2] * 4)
+    assert R.mixture_pvalue(lifted, members, spread)[1] > 0.2 / 12
 
 
 def _two_classes_lifted(poisoned: bool):
