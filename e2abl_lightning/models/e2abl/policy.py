@@ -17,9 +17,13 @@ one class of one run, so that nothing is an absolute number fitted to a dataset:
   the candidate side of a split is the better-fitted one (in a pair's view, the side some head fits
   better), and a split whose other side the main head mostly gives to other classes is ordinary
   confusion or label noise, not a trap;
+* **content** (``reference.py``): where no class passes, the class whose trap-lifted members look like
+  every other class (their nearest neighbours outside the class, in a sketch of the inputs) is the
+  candidate: poisons that a trigger only shifts inside their class are still found this way;
 * **name**: all-to-one: a view where two or more classes pass abstains; a class is named after two
   consecutive epochs as the best-supported passing class (replacing a class named before it) and
-  released after two epochs in which no view sees two populations in it (every p-value above 0.5);
+  released after two epochs in which no view sees two populations in it and the content test does not
+  see it either (every p-value above 0.5);
 * **cut**: Otsu's split of the named class's scores in its most significant view among those where
   it passes; the odd side is isolated, and stays isolated while the class stays named (the cut moves
   between epochs, and missed poisons re-teach the trigger). Once the class is being cleansed, only
@@ -27,7 +31,8 @@ one class of one run, so that nothing is an absolute number fitted to a dataset:
   isolated samples, so its scores measure the defense, not the data; where the class passes in no
   such view, nothing is added. The isolated samples then orient the split (its odd side is the one
   holding most of them): the cleansing changes how well the heads fit them, so a side chosen by fit
-  can flip to the clean members for an epoch, and the growing set would keep them;
+  can flip to the clean members for an epoch, and the growing set would keep them. Where the named
+  class passes no usable view, the lifted set of its content test is the cut;
 * **recover**: the main head's prediction EMA without the given class, sharpened: the label an
   isolated sample is trained towards, weighted by its confidence (see ``loss.cleansing_losses``).
 """
