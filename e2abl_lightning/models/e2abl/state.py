@@ -122,7 +122,8 @@ class IsolationState(nn.Module):
         flat = inputs.detach().flatten(1).float()
         if getattr(self, "_projection", None) is None or self._projection.shape[0] != flat.shape[1]:
             self._projection = R.sketch_matrix(flat.shape[1]).to(flat.device)
-        self.acc_sketch.index_add_(0, index, flat @ self._projection)
+        with torch.autocast(flat.device.type, enabled=False):  # float32 under mixed precision too
+            self.acc_sketch.index_add_(0, index, flat @ self._projection)
 
     @torch.no_grad()
     def record_oracle(self, index: Tensor, poisoned: Tensor, original_target: Tensor) -> None:
