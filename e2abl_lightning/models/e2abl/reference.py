@@ -18,8 +18,9 @@ best-fitted members are its most typical ones. So:
   classes' sizes (all-to-one poisons are drawn from every other class in proportion), the rest like
   the content labels of the class's members that are not lifted (a distribution estimated with the
   share). The null is that at most half of the lifted set is such poisons (``lambda <= 1/2``): a
-  likelihood-ratio test, one-sided, at the policy's level over the ``K x H`` tests. An easy class's lifted members point at one or two similar classes,
-  like the rest of their class, and stay far below one half.
+  likelihood-ratio test, one-sided, at the policy's level over the ``K x H`` tests. An easy class's
+  lifted members point at one or two similar classes, like the rest of their class, and stay far
+  below one half.
 """
 
 from __future__ import annotations

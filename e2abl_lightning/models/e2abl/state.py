@@ -197,7 +197,10 @@ class IsolationState(nn.Module):
         if content is None:
             return {}
         adjusted = (content.p * content.p.numel()).clamp(max=1.0)
-        return {"train/content_min_adjusted_p": float(adjusted.min()), "train/content_max_share": float(content.share.max())}
+        return {
+            "train/content_min_adjusted_p": float(adjusted.min()),
+            "train/content_max_share": float(content.share.max()),
+        }
 
     def _cut(self, views, tests, content, confused, shown: int, cleansing: bool, policy: P.IsolationPolicy) -> None:
         """Flag class ``shown``'s odd side in its most significant usable view of the class test or, where

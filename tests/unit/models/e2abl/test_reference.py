@@ -53,8 +53,11 @@ def test_the_mixture_share_is_large_for_spread_labels_and_the_null_holds_for_the
     rejected = 0
     for _ in range(200):
         draw = torch.multinomial(rest, 300, True, generator=gen)
-        half = torch.where(torch.rand(300, generator=gen) < 0.5, torch.multinomial(spread, 300, True, generator=gen),
-                           torch.multinomial(rest, 300, True, generator=gen))
+        half = torch.where(
+            torch.rand(300, generator=gen) < 0.5,
+            torch.multinomial(spread, 300, True, generator=gen),
+            torch.multinomial(rest, 300, True, generator=gen),
+        )
         rejected += R.mixture_pvalue(half, draw, spread)[1] < 0.05
     assert rejected <= 20  # 5% of 200 is 10
 
@@ -93,8 +96,11 @@ def test_content_tests_pass_a_class_whose_lifted_members_look_like_every_other_c
 
 
 def _quiet_tests(k: int = 4, v: int = 6) -> ClassTests:
-    return ClassTests(torch.zeros(k, v, dtype=torch.float64), torch.ones(k, v, dtype=torch.float64),
-                      torch.zeros(k, v, dtype=torch.bool))
+    return ClassTests(
+        torch.zeros(k, v, dtype=torch.float64),
+        torch.ones(k, v, dtype=torch.float64),
+        torch.zeros(k, v, dtype=torch.bool),
+    )
 
 
 def test_the_content_test_names_a_class_only_where_the_class_test_names_none():
