@@ -133,9 +133,12 @@ class IsolationState(nn.Module):
         self.oracle_true.scatter_reduce_(0, index, original_target.long(), "amax")
 
     def sync_(self, all_reduce: AllReduce) -> None:
-        """All-reduce the epoch accumulators across ranks (sum, or max for labels)."""
+        """All-reduce the epoch accumulators across ranks (sum, or max for labels); the inputs' sketch
+        only until the content labels are found (every rank knows that from the same synced state)."""
+        sketching = self.sketching
         for name in _SUM:
-            all_reduce(getattr(self, name), "sum")
+            if name != "acc_sketch" or sketching:
+                all_reduce(getattr(self, name), "sum")
         for name in _MAX:
             all_reduce(getattr(self, name), "max")
 

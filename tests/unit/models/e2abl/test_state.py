@@ -214,3 +214,15 @@ def test_a_checkpoint_from_before_the_content_test_loads_and_finds_its_content_a
     fresh.load_state_dict_sizes(old, "")
     fresh.load_state_dict(old)
     assert torch.equal(fresh.isolated, state.isolated) and fresh.sketching
+
+
+def test_the_sketch_is_synced_only_until_the_content_labels_are_found():
+    state = IsolationState(N, K, V)
+    synced: list[str] = []
+    by_id = {id(t): n for n, t in state.named_buffers()}
+    state.sync_(lambda t, op: synced.append(by_id[id(t)]))
+    assert "acc_sketch" in synced
+    state.content.fill_(1)
+    synced.clear()
+    state.sync_(lambda t, op: synced.append(by_id[id(t)]))
+    assert "acc_sketch" not in synced and "acc_margin" in synced
