@@ -28,6 +28,7 @@ import torch
 
 SCRIPT = Path(__file__).with_name("_e2abl_fit.py")
 DISCRETE = (
+    "content",
     "flagged",
     "isolated",
     "recovered",
@@ -48,7 +49,7 @@ DISCRETE = (
 )
 #: per-sample floats: equal up to the order of the gradient sums (atol): the margins and probabilities to
 #: 1e-5; the scores are the margins' within-class z (divided by a MAD down to ~0.07 here), so to 1e-3
-CONTINUOUS = {"pred_ema": 1e-5, "acc_margin": 1e-5, "acc_prob": 1e-5, "score": 1e-3, "last_z": 1e-3}
+CONTINUOUS = {"acc_sketch": 1e-4, "pred_ema": 1e-5, "acc_margin": 1e-5, "acc_prob": 1e-5, "score": 1e-3, "last_z": 1e-3}
 
 
 def _launch(out: Path, devices: int, batch_size: int, cwd: Path, *extra: str) -> subprocess.Popen:
