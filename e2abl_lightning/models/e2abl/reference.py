@@ -125,11 +125,15 @@ class ContentTests(NamedTuple):
 
 def content_tests(margins: Tensor, given: Tensor, content: Tensor, num_classes: int) -> ContentTests:
     """The content test of every class under every shallow head (``margins`` ``[H, N]``; ``content``
-    ``[N]`` from :func:`content_labels`). Loops over K x H, on the host."""
+    ``[N]`` from :func:`content_labels`). Loops over K x H, on the host. With two classes it tests
+    nothing (share 0, p-value 1): the content label carries no information there, and a boundary
+    likelihood ratio on identical distributions would still sit just under one half."""
     margins, given, content = margins.detach().cpu(), given.cpu(), content.cpu()
     h = margins.shape[0]
     share = torch.zeros(num_classes, h, dtype=torch.float64)
     p = torch.ones(num_classes, h, dtype=torch.float64)
+    if num_classes < 3:  # every sample's content label is the one other class: nothing to tell apart
+        return ContentTests(share, p)
     known = (given >= 0) & (content >= 0)
     sizes = torch.bincount(given[known], minlength=num_classes).double()
     for c in range(num_classes):

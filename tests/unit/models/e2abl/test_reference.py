@@ -95,6 +95,20 @@ def test_content_tests_pass_a_class_whose_lifted_members_look_like_every_other_c
     assert bool((R.content_tests(margins, given, content, 4).p > 0.01).all())
 
 
+def test_two_classes_test_nothing_and_block_no_release():
+    """With two classes every content label is the other class; the test must neither pass nor leave a
+    p-value at or under one half, which would hold a wrongly named class forever."""
+    gen = torch.Generator().manual_seed(0)
+    given = torch.tensor([0] * 60 + [1] * 60)
+    margin = torch.randn(120, generator=gen)
+    margin[:12] += 6.0  # class 0's lifted members
+    content = 1 - given
+    tests = R.content_tests(torch.stack([margin, margin]), given, content, 2)
+    assert bool((tests.p == 1.0).all()) and bool((tests.share == 0.0).all())
+    released = P.name_target(Naming(0, -1, 0, P.PERSISTENCE - 1), _quiet_tests(2), IsolationPolicy(), tests)
+    assert released.target == -1  # a quiet epoch releases the named class
+
+
 def _quiet_tests(k: int = 4, v: int = 6) -> ClassTests:
     return ClassTests(
         torch.zeros(k, v, dtype=torch.float64),
