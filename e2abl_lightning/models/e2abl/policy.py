@@ -58,6 +58,8 @@ RELEASE_P = 0.5
 DIP_PER_SHARE = 4
 #: the poisoning rate (share of the training set put into one class) the test should see; above it a run says so
 RATE_SEEN = 0.05
+#: the largest poisoning rate the threat model covers (attacks use 1-20%): a set whose test cannot see that trains undefended
+RATE_MAX = 0.2
 #: a split is ordinary confusion when at most this share of its worse-fitted side is predicted as the class
 CONFUSED = 0.5
 
@@ -371,18 +373,34 @@ def detectable_share(class_sizes: Tensor, policy: IsolationPolicy, num_views: in
     return max(DIP_PER_SHARE * hi, policy.min_share)
 
 
+def poisoning_rate(share: float, num_classes: int) -> float:
+    """The share of the training set poisoned into one class that makes a share ``share`` of it (poisons
+    added to a class of ``1/K`` of the data make ``s = rK / (1 + rK)`` of it); inf from a share of 1."""
+    return share / (num_classes * (1 - share)) if share < 1.0 else float("inf")
+
+
+def can_isolate(share: float, num_classes: int) -> bool:
+    """Whether the test sees a poisoning the threat model covers (``RATE_MAX``) on a set whose detectable
+    share is ``share``. Where it does not, whatever passes is a false alarm or a sliver of the poisons, and
+    cleansing it costs clean accuracy that a small set cannot spare: the run trains as undefended."""
+    return poisoning_rate(share, num_classes) <= RATE_MAX
+
+
 def blind_spot(share: float, num_classes: int) -> str | None:
     """What a warning and the run summary say when the test cannot see an ordinary poisoning: None when
-    ``RATE_SEEN`` of the training set poisoned into one class makes a share of it at least ``share``
-    (poisons added to a class of ``1/K`` of the data make a share ``s = rK / (1 + rK)`` of it)."""
-    if share >= 1.0:
-        return (
-            "E2ABL cannot isolate on this training set: its classes are too small for the class test, "
-            "so it trains as an undefended model"
-        )
-    rate = share / (num_classes * (1 - share))
+    ``RATE_SEEN`` of the training set poisoned into one class makes a share of it at least ``share``."""
+    rate = poisoning_rate(share, num_classes)
     if rate <= RATE_SEEN:
         return None
+    if share >= 1.0:
+        why = "its classes are too small for the class test"
+    else:
+        why = (
+            f"its class test sees a poisoned population only above {share:.0%} of a class (about {rate:.0%} "
+            f"of the training set poisoned into one class; the threat model covers up to {RATE_MAX:.0%})"
+        )
+    if not can_isolate(share, num_classes):
+        return f"E2ABL cannot isolate reliably on this training set: {why}, so it trains as an undefended model"
     return (
         f"E2ABL's class test sees a poisoned population only above {share:.0%} of a class here (about "
         f"{rate:.0%} of the training set poisoned into one class); a smaller poisoning trains as undefended"

@@ -177,9 +177,10 @@ class IsolationState(nn.Module):
             self.detectable.fill_(min(P.detectable_share(sizes, policy, views.z.shape[0]), 1e9))
         confused = valid & (self.pred_ema.argmax(dim=1) != self.given)  # [N]
         tests = P.class_tests(views, self.given, confused, k, policy.level(k, views.z.shape[0]))
-        if float(self.detectable) >= 1.0:  # too small to isolate anything: train as undefended
+        able = P.can_isolate(float(self.detectable), k)
+        if not able:  # the test cannot see a poisoning the threat model covers: train as undefended
             tests = P.ClassTests(tests.dip, torch.ones_like(tests.p), tests.trapped)
-        content = self._content_tests() if float(self.detectable) < 1.0 else None
+        content = self._content_tests() if able else None
         before = int(self.suspected_target)
         naming = P.name_target(self._naming(), tests, policy, content)
         self._store(naming)

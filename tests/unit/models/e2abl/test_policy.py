@@ -236,10 +236,22 @@ def test_blind_spot_speaks_when_an_ordinary_poisoning_is_unseen():
     assert P.blind_spot(0.063, 10) is None  # large classes: a share of 6% is a 0.7% poisoning
     message = P.blind_spot(0.393, 2)  # two classes of ~33: the test needs a 32% poisoning
     assert message is not None and "above 39% of a class" in message and "about 32% of the training set" in message
+    assert "cannot isolate reliably" in message
     assert "\n" not in message
     assert "trains as an undefended model" in P.blind_spot(float("inf"), 52)
     # the boundary follows s = rK / (1 + rK): at K = 10 a 5% poisoning makes a third of the class
     assert P.blind_spot(0.33, 10) is None and P.blind_spot(0.34, 10) is not None
+
+
+def test_a_set_is_isolated_only_where_the_test_sees_a_poisoning_the_threat_model_covers():
+    """A share s of a class is a poisoning r = s / (K (1 - s)); above ``RATE_MAX`` the run trains undefended."""
+    assert P.poisoning_rate(0.2, 4) == pytest.approx(0.0625) and P.poisoning_rate(1.0, 4) == float("inf")
+    bound = P.RATE_MAX * 2 / (1 + P.RATE_MAX * 2)  # two classes: the share a 20% poisoning makes
+    assert P.can_isolate(bound - 0.01, 2) and not P.can_isolate(bound + 0.01, 2)
+    assert P.can_isolate(0.41, 6) and not P.can_isolate(0.69, 10) and not P.can_isolate(float("inf"), 3)
+    undefended = P.blind_spot(0.369, 2)
+    assert undefended is not None and "trains as an undefended model" in undefended and "\n" not in undefended
+    assert "a smaller poisoning trains as undefended" in P.blind_spot(0.41, 6)
 
 
 def test_a_split_is_judged_only_where_the_class_could_pass():

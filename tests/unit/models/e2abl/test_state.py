@@ -148,6 +148,25 @@ def test_classes_too_small_to_test_train_as_undefended():
     assert int(state.suspected_target) == -1 and not bool(state.isolated.any())
 
 
+@pytest.mark.parametrize(("members", "named"), [(34, False), (400, True)])
+def test_a_set_whose_test_cannot_see_a_covered_poisoning_trains_as_undefended(members, named):
+    """Two classes of 34: the test sees a population only above about 37% of a class (a 29% poisoning),
+    so even a clean-cut trapped cluster is left alone; with classes of 400 the same cluster is named."""
+    n = 2 * members
+    given, poisons = torch.arange(n) % 2, torch.arange(n) < members // 2  # a quarter of class 0 trapped
+    state = IsolationState(n, 2, V)
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(4):
+        state.reset_accumulators()
+        margin = torch.randn(V, n, generator=g)
+        margin[0, poisons & (given == 0)] += 20.0
+        state.accumulate(torch.arange(n), margin, torch.full((n, 2), 0.5), given)
+        state.decide(epoch, IsolationPolicy())
+    assert 0.0 < float(state.detectable) < 1.0
+    assert P.can_isolate(float(state.detectable), 2) == named
+    assert (int(state.suspected_target) == 0) == named and bool(state.isolated.any()) == named
+
+
 def test_resize_on_load():
     (state,) = _run(False, epochs=3)
     fresh = IsolationState()
