@@ -22,8 +22,8 @@ one class of one run, so that nothing is an absolute number fitted to a dataset:
   candidate: poisons that a trigger only shifts inside their class are still found this way;
 * **name**: all-to-one: a view where two or more classes pass abstains; a class is named after two
   consecutive epochs as the best-supported passing class (replacing a class named before it) and
-  released after two epochs in which no view sees two populations in it and the content test does not
-  see it either (every p-value above 0.5);
+  released after two epochs in which no view sees two populations in it (every p-value above 0.5) and
+  the content test does not pass for it;
 * **cut**: Otsu's split of the named class's scores in its most significant view among those where
   it passes; the odd side is isolated, and stays isolated while the class stays named (the cut moves
   between epochs, and missed poisons re-teach the trigger). Once the class is being cleansed, only
@@ -281,14 +281,17 @@ def name_target(
 ) -> Naming:
     """Name a class after ``PERSISTENCE`` passing epochs in a row as the candidate, whether or not
     another class is named (the better-supported class replaces it); release a named class after as
-    many epochs in which every view's p-value for it, and every head's content p-value, is above
-    ``RELEASE_P``. Re-examined every epoch."""
+    many epochs in which every view's p-value for it is above ``RELEASE_P`` and no head's content test
+    passes. Re-examined every epoch. The content test blocks a release only while it passes: its
+    boundary likelihood ratio gives a p-value at or under one half whenever the estimated share is above
+    one half, which a class whose content labels are spread like the other classes reaches without any
+    evidence."""
     cand = candidate(tests, policy, content)
     streak = previous.streak + 1 if cand >= 0 and cand == previous.candidate else int(cand >= 0)
     target, quiet = previous.target, 0
     if target >= 0:
         calm = bool((tests.p[target] > RELEASE_P).all())
-        calm &= content is None or bool((content.p[target] > RELEASE_P).all())
+        calm &= content is None or bool((content.p[target] >= policy.level(*content.p.shape)).all())
         quiet = previous.quiet + 1 if calm else 0
         if quiet >= PERSISTENCE:
             target, quiet = -1, 0

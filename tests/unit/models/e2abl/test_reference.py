@@ -130,7 +130,7 @@ def test_the_content_test_names_a_class_only_where_the_class_test_names_none():
     assert P.candidate(_quiet_tests(), policy, content) == -1
 
 
-def test_a_class_named_by_the_content_test_is_kept_while_that_test_sees_it():
+def test_a_class_named_by_the_content_test_is_kept_while_that_test_passes():
     policy = IsolationPolicy()
     content = R.ContentTests(torch.zeros(4, 2, dtype=torch.float64), torch.ones(4, 2, dtype=torch.float64))
     content.p[2, 0] = 1e-9
@@ -138,11 +138,13 @@ def test_a_class_named_by_the_content_test_is_kept_while_that_test_sees_it():
     for _ in range(2):
         naming = P.name_target(naming, _quiet_tests(), policy, content)
     assert naming.target == 2
-    content.p[2, 0] = 0.3  # no longer significant, but not calm either: kept
+    content.p[2, 0] = policy.level(4, 2) * 0.9  # still passing: kept
     for _ in range(3):
         naming = P.name_target(naming, _quiet_tests(), policy, content)
     assert naming.target == 2
-    content.p[2, 0] = 0.9
+    # no longer passing: released, even at p <= 1/2, which the boundary likelihood ratio gives whenever
+    # the estimated share is above one half, evidence or not
+    content.p[2, 0] = 0.3
     for _ in range(2):
         naming = P.name_target(naming, _quiet_tests(), policy, content)
     assert naming.target == -1
