@@ -22,7 +22,7 @@ from e2abl_lightning.callbacks import BackdoorEvalCallback, IsolationMonitor, Tr
 from e2abl_lightning.cli import check_checkpoint
 from e2abl_lightning.data.datamodules import BackdoorDataModule
 from e2abl_lightning.models.base import BackdoorClassifier
-from e2abl_lightning.models.e2abl.policy import DIP_PER_SHARE, PERSISTENCE, blind_spot
+from e2abl_lightning.models.e2abl.policy import DIP_PER_SHARE, PERSISTENCE, blind_spot, can_isolate
 
 
 class E2ABLWarning(UserWarning):
@@ -226,13 +226,13 @@ def fit_summary(trainer: Any, model: Any, datamodule: Any) -> str:
         target = int(state.suspected_target)
         isolated = int(state.isolated.sum())
         classes = getattr(getattr(datamodule, "raw", None), "classes", None) or []
+        share, k = float(getattr(state, "detectable", 0.0)), int(state.pred_ema.shape[1])
         if target >= 0:
             label = f" ({classes[target]!r})" if target < len(classes) else ""
             lines.append(f"  E2ABL suspected target class {target}{label}, {isolated} training samples isolated")
-        else:
+        elif share == 0 or can_isolate(share, k):  # where it cannot isolate, the line below says why
             lines.append("  E2ABL suspected no target class (no backdoor found, or the run was too short)")
-        share = float(getattr(state, "detectable", 0.0))
-        message = blind_spot(share, int(state.pred_ema.shape[1])) if share > 0 else None
+        message = blind_spot(share, k) if share > 0 else None
         if message is not None:
             lines.append(f"  {message}")
         lines += _confusion_lines(_run_dir(trainer), getattr(model, "policy", None))

@@ -98,14 +98,19 @@ def test_fit_warns_when_the_defense_never_acts_and_ends_with_a_summary(
 def test_fit_on_small_classes_says_what_the_test_cannot_see(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """GunPoint has two classes of about 25 series: a 10% poisoning is below what the class test sees,
-    and both the first decision's warning and the run summary say so."""
+    """GunPoint has two classes of about 25 series: even a 20% poisoning is below what the class test
+    sees, so E2ABL trains as undefended, and both the first decision's warning and the run summary say so."""
     monkeypatch.chdir(tmp_path)
     argv = [*gunpoint(), "--model.init_args.policy.warmup_epochs=1", "--trainer.max_epochs=1"]
-    expected = r"E2ABL's class test sees a poisoned population only above \d+% of a class here"
+    expected = (
+        r"E2ABL cannot isolate reliably on this training set: its class test sees a poisoned population only "
+        r"above \d+% of a class \(about \d+% of the training set poisoned into one class; the threat model "
+        r"covers up to 20%\), so it trains as an undefended model"
+    )
     with pytest.warns(UserWarning, match=expected):
         out, _ = _run(argv, capsys)
     assert re.search(expected, out), out
+    assert "suspected no target class" not in out  # it did not look: the summary says why instead
 
 
 def test_fit_warns_when_no_training_step_runs(
