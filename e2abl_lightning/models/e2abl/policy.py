@@ -58,7 +58,7 @@ RELEASE_P = 0.5
 DIP_PER_SHARE = 4
 #: the poisoning rate (share of the training set put into one class) the test should see; above it a run says so
 RATE_SEEN = 0.05
-#: the largest poisoning rate the threat model covers (attacks use 1-20%): a set whose test cannot see that trains undefended
+#: the largest poisoning rate the threat model covers: a set whose test cannot see that trains undefended
 RATE_MAX = 0.2
 #: a split is ordinary confusion when at most this share of its worse-fitted side is predicted as the class
 CONFUSED = 0.5
