@@ -249,9 +249,7 @@ def test_a_set_is_isolated_only_where_the_test_sees_a_poisoning_the_threat_model
     bound = P.RATE_MAX * 2 / (1 + P.RATE_MAX * 2)  # two classes: the share a 20% poisoning makes
     assert P.can_isolate(bound - 0.01, 2) and not P.can_isolate(bound + 0.01, 2)
     assert P.can_isolate(0.41, 6) and not P.can_isolate(0.69, 10) and not P.can_isolate(float("inf"), 3)
-    undefended = P.blind_spot(0.369, 2)
-    assert undefended is not None and "trains as an undefended model" in undefended and "\n" not in undefended
-    assert "a smaller poisoning trains as undefended" in P.blind_spot(0.41, 6)
+    assert "a smaller poisoning trains as undefended" in P.blind_spot(0.41, 6)  # seen from 12%: warned only
 
 
 def test_a_split_is_judged_only_where_the_class_could_pass():
